@@ -1,0 +1,1 @@
+"""Checks stage: convergence diagnostics, posterior-vs-frequentist agreement, posterior predictive checks."""

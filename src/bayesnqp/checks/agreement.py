@@ -1,0 +1,27 @@
+"""Posterior against its frequentist oracle: z = (posterior mean - estimate) / SE for each shared term."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ..results import AnalysisResult
+
+# A model that rebuilds its oracle under weak priors must land within this many oracle SEs.
+MATCH_TOLERANCE_Z = 0.1
+
+
+def agreement(posterior: pd.DataFrame, oracle: AnalysisResult, terms: dict[str, str]) -> pd.DataFrame:
+    """``posterior``: rows labelled as in ``terms`` values with columns mean, sd.
+    ``terms``: oracle term -> posterior row label. Returns one row per oracle term.
+    """
+    rows = []
+    for term, label in terms.items():
+        est = oracle.coefs.loc[term]
+        post = posterior.loc[label]
+        rows.append({"term": term, "estimate": est["estimate"], "std_error": est["std_error"],
+                     "post_mean": post["mean"], "post_sd": post["sd"],
+                     "z": (post["mean"] - est["estimate"]) / est["std_error"],
+                     "sd_ratio": post["sd"] / est["std_error"]})
+    table = pd.DataFrame(rows).set_index("term")
+    table.attrs["oracle"] = oracle.id
+    return table
