@@ -1,0 +1,133 @@
+"""Model specs: declarative TOML files in top-level ``models/`` validated into a frozen dataclass.
+
+A spec holds no code: the outcome, the terms, the effects and their form, the likelihood, priors (on the
+standardised scale the builder documents) and sampler settings. ``spec_hash`` (sha256 of the canonical
+JSON) goes into ``idata.attrs`` with the spec itself, so every fitted file says how it was made.
+
+Example::
+
+    id = "bayes_table3_col4"
+    title = "Table 3 (4): city and year effects, correlated random effects"
+    builder = "panel"
+    outcome = "nqp"
+    terms = ["agglomeration", "$controls"]      # "$controls" expands to the study's controls
+    likelihood = "normal"
+    [effects]
+    city = "mundlak"                              # none | random | mundlak | fixed
+    year = "zerosum"                              # none | zerosum | fixed
+    [priors]
+    beta = { dist = "normal", sigma = 1.0 }
+    [sampler]
+    draws = 1000
+    tune = 1000
+    [options]                                     # builder-specific, validated by the builder
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from ..errors import InputError, Problem
+from ..paths import bundled
+from .sampling import SamplerSettings
+
+Likelihood = Literal["normal", "student_t", "lognormal", "beta"]
+CityEffect = Literal["none", "random", "mundlak", "fixed", "bym2", "leroux"]
+YearEffect = Literal["none", "zerosum", "fixed"]
+
+_TOP_KEYS = {"id", "title", "builder", "outcome", "terms", "likelihood", "effects", "priors", "sampler",
+             "options", "description"}
+_SAMPLER_KEYS = {"draws", "tune", "chains", "target_accept", "sampler"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    id: str
+    title: str
+    builder: str
+    outcome: str = "nqp"
+    terms: tuple[str, ...] = ()
+    likelihood: Likelihood = "normal"
+    effects: dict[str, str] = field(default_factory=dict)
+    priors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sampler: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def spec_hash(self) -> str:
+        canonical = json.dumps(asdict(self), sort_keys=True, default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def expand_terms(self, controls: tuple[str, ...] | list[str]) -> list[str]:
+        out: list[str] = []
+        for t in self.terms:
+            out.extend(controls if t == "$controls" else [t])
+        return out
+
+    def sampler_settings(self, base: SamplerSettings) -> SamplerSettings:
+        """The run's settings (CLI) overridden by what this spec pins (e.g. target_accept, tune)."""
+        return base.replace(**{k: v for k, v in self.sampler.items() if k in ("tune", "target_accept")})
+
+    def attrs(self) -> dict[str, str]:
+        """For ``idata.attrs`` (netCDF attributes must be strings or numbers)."""
+        return {"spec_id": self.id, "spec_hash": self.spec_hash,
+                "spec": json.dumps(asdict(self), sort_keys=True, default=str)}
+
+    def replace(self, **changes: Any) -> "ModelSpec":
+        return ModelSpec(**{**asdict(self), **changes})
+
+
+def parse_spec(raw: dict[str, Any], source: str) -> ModelSpec:
+    problems = [Problem(source, f"unknown key '{k}'") for k in sorted(set(raw) - _TOP_KEYS)]
+    for key in ("id", "title", "builder"):
+        if not isinstance(raw.get(key), str) or not raw.get(key):
+            problems.append(Problem(source, f"'{key}' must be a non-empty string"))
+    lik = raw.get("likelihood", "normal")
+    if lik not in get_args(Likelihood):
+        problems.append(Problem(source, f"likelihood must be one of {get_args(Likelihood)}, got {lik!r}"))
+    effects = raw.get("effects", {})
+    if effects.get("city", "none") not in get_args(CityEffect):
+        problems.append(Problem(source, f"effects.city must be one of {get_args(CityEffect)}"))
+    if effects.get("year", "none") not in get_args(YearEffect):
+        problems.append(Problem(source, f"effects.year must be one of {get_args(YearEffect)}"))
+    sampler = raw.get("sampler", {})
+    problems += [Problem(source, f"unknown sampler key '{k}'") for k in sorted(set(sampler) - _SAMPLER_KEYS)]
+    for name, prior in raw.get("priors", {}).items():
+        if not isinstance(prior, dict) or "dist" not in prior:
+            problems.append(Problem(source, f"prior '{name}' needs a 'dist'"))
+    terms = raw.get("terms", [])
+    if not isinstance(terms, list) or not all(isinstance(t, str) for t in terms):
+        problems.append(Problem(source, "'terms' must be a list of column names"))
+    if problems:
+        raise InputError(problems)
+    return ModelSpec(id=raw["id"], title=raw["title"], builder=raw["builder"],
+                     outcome=raw.get("outcome", "nqp"), terms=tuple(terms), likelihood=lik,
+                     effects=dict(effects), priors=dict(raw.get("priors", {})), sampler=dict(sampler),
+                     options=dict(raw.get("options", {})), description=raw.get("description", ""))
+
+
+def load_spec(name_or_path: str | Path) -> ModelSpec:
+    """Load ``models/<name>.toml`` (bundled) or a TOML file path."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        path = bundled("models") / f"{name_or_path}.toml"
+    if not path.is_file():
+        raise InputError([Problem(str(path), "model spec not found")])
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError([Problem(str(path), f"not valid TOML: {exc}")]) from None
+    spec = parse_spec(raw, str(path))
+    if spec.id != path.stem:
+        raise InputError([Problem(str(path), f"spec id '{spec.id}' must equal the file name '{path.stem}'")])
+    return spec
+
+
+def list_specs() -> list[str]:
+    return sorted(p.stem for p in bundled("models").glob("*.toml"))
