@@ -1,0 +1,143 @@
+"""Command line: ``bayesnqp run | validate | demo-data``. Parses arguments and calls ``study``."""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from .errors import ConvergenceError, InputError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+    help="Rebuild the digital-agglomeration / new-quality-productive-forces city-panel study: the "
+         "paper's frequentist tables, Bayesian hierarchical versions of each, and a browser report. "
+         "Start with `bayesnqp run` (the bundled synthetic demo) or `bayesnqp run --data FILE --config FILE`.")
+err = Console(stderr=True)
+out = Console()
+
+EXIT_INPUT = 2
+EXIT_STRICT = 3
+
+
+def _quiet_library_warnings() -> None:
+    # Import-time notices of the libraries (ArviZ's refactor notice, PyTensor's BLAS note) are not the
+    # user's business; warnings raised by our own analyses still show.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
+    warnings.filterwarnings("ignore", message=".*BLAS.*")
+
+
+def _fail_input(exc: InputError) -> None:
+    err.print(f"[bold red]error:[/] {len(exc.problems)} problem(s) in the input; nothing was written.",
+              highlight=False)
+    for p in exc.problems:
+        err.print(f"  - {p}", highlight=False, markup=False)
+    raise typer.Exit(EXIT_INPUT)
+
+
+DataOpt = Annotated[Optional[Path], typer.Option(
+    "--data", help="Panel file (.csv, .dta, .xlsx, .parquet), one row per city-year. Default: the bundled "
+                   "synthetic demo (280 real cities x 2013-2022, synthetic numbers).")]
+ConfigOpt = Annotated[Optional[Path], typer.Option(
+    "--config", help="Study config (TOML) mapping your column names to roles; see README. Default: the "
+                     "paper's column names.")]
+
+
+@app.command()
+def run(
+    data: DataOpt = None,
+    config: ConfigOpt = None,
+    out_dir: Annotated[Optional[Path], typer.Option(
+        "--out", help="Output folder (default: reports/<data file name>). Replaced only when the run succeeds.")] = None,
+    draws: Annotated[int, typer.Option(help="Posterior draws per chain.", min=10)] = 1000,
+    tune: Annotated[int, typer.Option(help="Tuning steps per chain.", min=0)] = 1000,
+    chains: Annotated[int, typer.Option(help="Number of chains.", min=1)] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of every random step (sampling, permutations, simulation).")] = 20240601,
+    sampler: Annotated[str, typer.Option(help="nutpie (default), pymc or numpyro.")] = "nutpie",
+    quick: Annotated[bool, typer.Option("--quick", help="Few draws (300 x 2 chains) for a fast look; "
+                                                        "diagnostics will flag low ESS.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Fail (exit 3) if any fit is flagged (r_hat > 1.01, "
+                                                          "ESS < 400, divergences) or any analysis fails.")] = False,
+) -> None:
+    """Run every analysis the data allow and write index.html, summary.json, tables/, figures/, fits/."""
+    _quiet_library_warnings()
+    from .study import RunOptions, run_study
+
+    if sampler not in ("nutpie", "pymc", "numpyro"):
+        err.print(f"[bold red]error:[/] --sampler must be nutpie, pymc or numpyro, not {sampler!r}")
+        raise typer.Exit(EXIT_INPUT)
+    options = RunOptions(out=out_dir, draws=draws, tune=tune, chains=chains, seed=seed, quick=quick,
+                         strict=strict, sampler=sampler)
+    start = time.perf_counter()
+
+    with err.status("starting") as status:
+        def progress(message: str) -> None:
+            elapsed = time.perf_counter() - start
+            status.update(f"[{elapsed:6.0f}s] {message}")
+            err.print(f"[dim][{elapsed:6.0f}s][/] {message}", highlight=False)
+
+        try:
+            folder = run_study(data, config, options, progress)
+        except InputError as exc:
+            status.stop()
+            _fail_input(exc)
+        except ConvergenceError as exc:
+            status.stop()
+            err.print(f"[bold red]strict mode:[/] {exc}", highlight=False, markup=False)
+            raise typer.Exit(EXIT_STRICT) from None
+    out.print(f"report: {folder / 'index.html'}", highlight=False)
+    out.print(f"summary: {folder / 'summary.json'}", highlight=False)
+
+
+@app.command()
+def validate(
+    file: Annotated[Path, typer.Argument(help="Panel file to check (.csv, .dta, .xlsx, .parquet).")],
+    config: ConfigOpt = None,
+) -> None:
+    """Check a panel file (and config) and report every problem; run nothing, write nothing."""
+    _quiet_library_warnings()
+    from .config import load_config
+    from .data.intake import load_study
+
+    try:
+        study = load_study(file, load_config(config))
+    except InputError as exc:
+        _fail_input(exc)
+    r = study.roles
+    out.print(f"OK: {file}: {len(study.cities)} cities x {len(study.years)} years "
+              f"({study.years[0]}-{study.years[-1]}), {len(study.frame)} rows.", highlight=False)
+    out.print(f"outcome: {r.outcome}" + (f" (entropy index of {len(r.indicators)} indicators)" if r.indicators else ""))
+    out.print(f"treatment: {r.treatment}" + (" (location quotient)" if r.employment else ""))
+    out.print(f"controls: {', '.join(r.controls) or 'none'}; mechanisms: {', '.join(r.mechanisms) or 'none'}; "
+              f"splitters: {', '.join(r.splitters) or 'none'}; instrument: {r.instrument or 'none'}")
+    out.print(f"spatial weights: {study.weights_source or 'none'}")
+    for item in study.skipped:
+        out.print(f"skipped: {item.reason}", highlight=False)
+
+
+@app.command("demo-data")
+def demo_data(
+    out_file: Annotated[Path, typer.Option("--out", help="CSV file to write; truth.json is written beside it.")],
+    seed: Annotated[int, typer.Option(help="Generator seed (the bundled demo uses the default).")] = 20130101,
+) -> None:
+    """Regenerate the synthetic demo panel (280 real cities x 2013-2022) and its generating truth."""
+    from .demo import write_demo
+
+    if out_file.suffix.lower() != ".csv":
+        err.print("[bold red]error:[/] --out must name a .csv file")
+        raise typer.Exit(EXIT_INPUT)
+    write_demo(out_file, seed=seed)
+    out.print(f"wrote {out_file} and {out_file.with_name('truth.json')}", highlight=False)
+
+
+def main() -> None:  # pragma: no cover - console entry for `python -m bayesnqp`
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

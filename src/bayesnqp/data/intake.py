@@ -1,0 +1,361 @@
+"""From the user's file to a validated study panel: read, resolve roles, check everything, compute measures.
+
+``load_study`` collects every problem before it raises (so one run tells the user all that is wrong),
+and computes nothing until the checks pass. The caller's file is only read.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .. import names
+from ..config import StudyConfig
+from ..errors import InputError, Problem
+from ..measures import entropy_index, location_quotient
+from ..paths import bundled
+from ..results import Skipped
+from .io import ids_as_text, read_table
+from .weights import SpatialWeights
+
+MAX_CELLS_LISTED = 5  # per column and kind of problem; the rest is counted
+
+# Columns of the paper that are counts or amounts and cannot be negative.
+_PAPER_NONNEGATIVE = (
+    "emerging_industry_staff", "research_staff", "avg_wage", "consumption_pc", "telecom_volume",
+    "ai_firm_share", "robot_density", "pollution_investment", "waste_treatment_rate", "emission_trading",
+    "green_invention_patents", "green_utility_patents", "broadband_users", "internet_penetration",
+    "gov_science_spending", "gov_education_spending", "inno_rd_staff", "inno_patents_pc",
+    "factor_exchanges", "factor_pilots", "human", "traffic",
+)
+
+
+def demo_path() -> Path:
+    return bundled("demo") / "demo_panel.csv"
+
+
+@dataclass(frozen=True)
+class Roles:
+    """Column names in the study frame for each role (after the measures are computed)."""
+
+    outcome: str
+    treatment: str
+    controls: tuple[str, ...]
+    mechanisms: dict[str, tuple[str, str]]
+    splitters: tuple[str, ...]
+    instrument: str | None
+    indicators: tuple[str, ...]  # raw NQP indicators (empty when the outcome came ready-made)
+    employment: tuple[str, ...]  # (digital, total) employment (empty when the treatment came ready-made)
+    negative_indicators: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, eq=False)
+class StudyData:
+    """The validated panel: ``frame`` has a sorted (city, year) MultiIndex and every role's column."""
+
+    source: str
+    synthetic: bool
+    frame: pd.DataFrame
+    roles: Roles
+    config: StudyConfig
+    index_weights: pd.DataFrame | None
+    weights: SpatialWeights | None
+    weights_source: str | None
+    provinces: pd.Series | None
+    city_names: pd.Series
+    balanced: bool
+    skipped: tuple[Skipped, ...] = field(default_factory=tuple)
+
+    @property
+    def cities(self) -> list[str]:
+        return list(self.frame.index.get_level_values(names.CITY).unique())
+
+    @property
+    def years(self) -> list[int]:
+        return sorted(int(y) for y in self.frame.index.get_level_values(names.YEAR).unique())
+
+    @property
+    def data_name(self) -> str:
+        return Path(self.source).stem
+
+
+def _is_synthetic(path: Path) -> bool:
+    """The bundled demo, or a file written by ``bayesnqp demo-data`` (its truth.json sits beside it)."""
+    try:
+        if path.resolve() == demo_path().resolve():
+            return True
+    except FileNotFoundError:
+        pass
+    truth = path.with_name("truth.json")
+    if truth.is_file():
+        try:
+            return bool(json.loads(truth.read_text(encoding="utf-8")).get("synthetic", False))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return False
+    return False
+
+
+def _group_role(src: str, present: set[str], cols: tuple[str, ...], key: str, cfg: StudyConfig,
+                problems: list[Problem]) -> tuple[str, ...]:
+    """A list role: explicit -> all must exist; default -> all or none (partial means a broken file)."""
+    missing = [c for c in cols if c not in present]
+    if key in cfg.explicit or (missing and len(missing) < len(cols)):
+        for c in missing:
+            problems.append(Problem(src, f"column named for '{key}' not found in the file", column=c))
+        return tuple(c for c in cols if c in present)
+    return tuple(cols) if not missing else ()
+
+
+def _cell_problems(src: str, frame: pd.DataFrame, column: str, mask: pd.Series, message: str,
+                   problems: list[Problem]) -> None:
+    hits = frame.loc[mask, [names.CITY, names.YEAR]]
+    for city, year in hits.head(MAX_CELLS_LISTED).itertuples(index=False):
+        problems.append(Problem(src, message, column=column, city=city, year=_year_or_none(year)))
+    if len(hits) > MAX_CELLS_LISTED:
+        problems.append(Problem(src, f"{message}: {len(hits) - MAX_CELLS_LISTED} more cell(s) like this",
+                                column=column))
+
+
+def _year_or_none(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def load_study(data: str | Path | None, config: StudyConfig) -> StudyData:
+    """Read, validate and measure. Raises InputError listing every problem; returns StudyData."""
+    path = Path(data) if data is not None else demo_path()
+    src = str(path)
+    raw = read_table(path, id_column=config.city)
+    present = set(raw.columns)
+    problems: list[Problem] = []
+    skipped: list[Skipped] = []
+
+    # ---- roles -> columns ----------------------------------------------------------------------
+    for key in ("city", "year"):
+        col = getattr(config, key)
+        if col not in present:
+            problems.append(Problem(src, f"the {key} id column is missing (set [columns] {key} in the config)",
+                                    column=col))
+    outcome_col = config.outcome
+    indicators: tuple[str, ...] = ()
+    if config.outcome:
+        if config.outcome not in present:
+            problems.append(Problem(src, "column named for 'outcome' not found", column=config.outcome))
+    else:
+        indicators = _group_role(src, present, config.indicators, "indicators", config, problems)
+        if not indicators and "indicators" not in config.explicit:
+            if names.NQP in present:
+                outcome_col = names.NQP
+            else:
+                problems.append(Problem(src, "no outcome: neither the raw NQP indicators "
+                                             f"({', '.join(config.indicators[:3])}, ...) nor a ready "
+                                             f"'{names.NQP}' column; map them in the config"))
+    for neg in config.negative_indicators:
+        if neg not in indicators:
+            problems.append(Problem(src, "negative_indicators names a column that is not an indicator", column=neg))
+
+    if config.treatment:
+        if config.treatment not in present:
+            problems.append(Problem(src, "column named for 'treatment' not found", column=config.treatment))
+        employment: tuple[str, ...] = ()
+    else:
+        employment = _group_role(src, present, (config.digital_employment, config.total_employment),
+                                 "digital_employment", config, problems)
+        if not employment:
+            if names.AGGLOMERATION in present:
+                employment = ()
+            elif not any(k in config.explicit for k in ("digital_employment", "total_employment")):
+                problems.append(Problem(src, "no treatment: neither digital/total employment columns "
+                                             f"('{config.digital_employment}', '{config.total_employment}') "
+                                             f"nor a ready '{names.AGGLOMERATION}' column"))
+    treatment_col = config.treatment or (names.AGGLOMERATION if not employment else "")
+
+    controls = _group_role(src, present, config.controls, "controls", config, problems)
+    if not controls and config.controls:
+        skipped.append(Skipped("controls", "no control columns found: models run without controls"))
+    mechanisms: dict[str, tuple[str, str]] = {}
+    for mech, pair in config.mechanisms.items():
+        got = [c for c in pair if c in present]
+        if len(got) == 2:
+            mechanisms[mech] = (pair[0], pair[1])
+        elif got or "mechanisms" in config.explicit:
+            for c in pair:
+                if c not in present:
+                    problems.append(Problem(src, f"indicator of mechanism '{mech}' not found", column=c))
+        else:
+            skipped.append(Skipped(f"mechanism_{mech}", f"mechanism '{mech}' skipped: columns "
+                                                         f"{pair[0]}, {pair[1]} not in the data"))
+    splitters = []
+    for s in config.splitters:
+        if s in present:
+            splitters.append(s)
+        elif "splitters" in config.explicit:
+            problems.append(Problem(src, "column named for 'splitters' not found", column=s))
+        else:
+            skipped.append(Skipped(f"hetero_{s}", f"heterogeneity by '{s}' skipped: column not in the data"))
+    instrument: str | None = config.instrument if config.instrument in present else None
+    if instrument is None and "instrument" in config.explicit:
+        problems.append(Problem(src, "column named for 'instrument' not found", column=config.instrument))
+
+    if problems:
+        raise InputError(problems)
+
+    # ---- values ----------------------------------------------------------------------------------
+    frame = pd.DataFrame({names.CITY: ids_as_text(raw[config.city])})
+    year_num = pd.to_numeric(raw[config.year], errors="coerce")
+    frame[names.YEAR] = year_num
+    bad_city = frame[names.CITY].isna() | (frame[names.CITY] == "")
+    for row in np.flatnonzero(bad_city.to_numpy())[:MAX_CELLS_LISTED]:
+        problems.append(Problem(src, f"row {row + 2}: empty city id", column=config.city))
+    bad_year = year_num.isna() | ~np.isfinite(year_num) | (year_num != np.round(year_num))
+    for row in np.flatnonzero(bad_year.to_numpy())[:MAX_CELLS_LISTED]:
+        problems.append(Problem(src, f"row {row + 2}: year {raw[config.year].iloc[row]!r} is not a whole number",
+                                column=config.year, city=frame[names.CITY].iloc[row]))
+    if problems:
+        raise InputError(problems)
+    frame[names.YEAR] = year_num.astype(int)
+
+    dup = frame.duplicated([names.CITY, names.YEAR], keep="first")
+    for city, year in frame.loc[dup, [names.CITY, names.YEAR]].drop_duplicates().itertuples(index=False):
+        problems.append(Problem(src, "duplicate (city, year) row", city=city, year=int(year)))
+
+    if config.city_name in present:
+        frame["city_name"] = raw[config.city_name].astype(str)
+    numeric_cols = list(dict.fromkeys(
+        [*indicators, *( [outcome_col] if outcome_col else []), *employment,
+         *([treatment_col] if treatment_col and not employment else []), *controls,
+         *[c for pair in mechanisms.values() for c in pair], *splitters, *([instrument] if instrument else [])]))
+    for col in numeric_cols:
+        original = raw[col]
+        values = pd.to_numeric(original, errors="coerce")
+        non_numeric = values.isna() & original.notna() & (original.astype(str).str.strip() != "")
+        _cell_problems(src, frame, col, non_numeric, "cell is not a number", problems)
+        _cell_problems(src, frame, col, original.isna() | (original.astype(str).str.strip() == ""),
+                       "cell is missing (NaN)", problems)
+        _cell_problems(src, frame, col, values.isin([np.inf, -np.inf]), "cell is infinite", problems)
+        frame[col] = values.astype(float)
+    nonneg = set(employment) | set(config.nonnegative) | (set(_PAPER_NONNEGATIVE) & set(numeric_cols))
+    for col in sorted(nonneg & set(numeric_cols)):
+        _cell_problems(src, frame, col, frame[col] < 0, "negative value in a count/amount column", problems)
+    if employment:
+        digital, total = employment
+        _cell_problems(src, frame, total, frame[total] == 0,
+                       "zero total employment (the location quotient's denominator)", problems)
+        _cell_problems(src, frame, digital, frame[digital] > frame[total],
+                       "digital employment exceeds total employment", problems)
+    for col in indicators:
+        v = frame[col]
+        if v.notna().any() and np.nanmax(v) == np.nanmin(v):
+            problems.append(Problem(src, "indicator is constant over the whole panel (the entropy weight is "
+                                         "undefined); drop it from [columns] indicators", column=col))
+    for col in [*controls, *( [treatment_col] if not employment and treatment_col else [])]:
+        v = frame[col]
+        if v.notna().any() and np.nanmax(v) == np.nanmin(v):
+            problems.append(Problem(src, "column is constant over the whole panel", column=col))
+
+    # ---- balance -----------------------------------------------------------------------------------
+    frame_ok = frame.drop_duplicates([names.CITY, names.YEAR])
+    all_years = sorted(frame_ok[names.YEAR].unique())
+    full_years = list(range(min(all_years), max(all_years) + 1))
+    have = frame_ok.groupby(names.CITY)[names.YEAR].apply(set)
+    gaps = [(c, y) for c, ys in have.items() for y in full_years if y not in ys]
+    balanced = not gaps
+    if gaps and not config.allow_unbalanced:
+        for city, year in gaps[:20]:
+            problems.append(Problem(src, "missing year: the panel is unbalanced (the spatial models and "
+                                         "the year-by-year analyses need every city in every year; set "
+                                         "[analysis] allow_unbalanced = true to run the rest)",
+                                    city=city, year=year))
+        if len(gaps) > 20:
+            problems.append(Problem(src, f"{len(gaps) - 20} more missing city-years"))
+    if len(have) < 3 or len(full_years) < 2:
+        problems.append(Problem(src, f"need at least 3 cities and 2 years, found {len(have)} and {len(full_years)}"))
+
+    # ---- geography and weights ----------------------------------------------------------------------
+    cities = sorted(have.index)
+    weights, weights_source, provinces = None, None, None
+    geo_cities = _bundled_cities()
+    in_geo = geo_cities is not None and set(cities) <= set(geo_cities.index)
+    if in_geo:
+        provinces = geo_cities.loc[cities, names.PROVINCE]
+    if config.spatial != "false":
+        if config.weights_file:
+            try:
+                weights = SpatialWeights.read(config.weights_file, ids=cities)
+                weights_source = config.weights_file
+            except InputError as exc:
+                problems.extend(exc.problems)
+        elif in_geo:
+            from .geography import load_geography
+
+            weights = load_geography().weights.subset(cities)
+            weights_source = "bundled 280-city queen contiguity"
+        elif config.spatial == "true":
+            missing = [c for c in cities if geo_cities is None or c not in geo_cities.index]
+            for c in missing[:MAX_CELLS_LISTED]:
+                problems.append(Problem(src, "city id not in the bundled geography of the 280 cities (spatial "
+                                             "analyses asked for; give [spatial] weights for other regions)",
+                                        column=config.city, city=c))
+            if len(missing) > MAX_CELLS_LISTED:
+                problems.append(Problem(src, f"{len(missing) - MAX_CELLS_LISTED} more cities not in the geography"))
+        else:
+            skipped.append(Skipped("spatial", "spatial analyses skipped: the city ids are not the bundled 280 "
+                                              "cities and no [spatial] weights file was given"))
+    else:
+        skipped.append(Skipped("spatial", "spatial analyses switched off in the config"))
+    if weights is not None and not balanced:
+        weights = None
+        skipped.append(Skipped("spatial", "spatial analyses skipped: they need a balanced panel"))
+    if instrument is None:
+        if in_geo:
+            instrument = names.DIST_HANGZHOU
+        else:
+            skipped.append(Skipped("iv_2sls", "instrumental variables skipped: no distance-to-Hangzhou column "
+                                              "and the cities are not in the bundled geography"))
+    if problems:
+        raise InputError(problems)
+
+    # ---- measures -----------------------------------------------------------------------------------
+    frame = frame_ok.set_index([names.CITY, names.YEAR]).sort_index()
+    index_weights = None
+    if indicators:
+        idx = entropy_index(frame, list(indicators), config.negative_indicators)
+        frame[names.NQP] = idx.index
+        outcome = names.NQP
+        descriptions = {row[0]: row[2] for row in names.NQP_INDICATORS}
+        index_weights = idx.weights_table(descriptions)
+    else:
+        outcome = outcome_col
+    if employment:
+        frame[names.AGGLOMERATION] = location_quotient(frame[employment[0]], frame[employment[1]])
+        treatment = names.AGGLOMERATION
+    else:
+        treatment = treatment_col
+    if instrument == names.DIST_HANGZHOU and instrument not in frame.columns:
+        dist = geo_cities["dist_hangzhou_km"]
+        frame[names.DIST_HANGZHOU] = dist.reindex(frame.index.get_level_values(names.CITY)).to_numpy()
+    city_names = (frame["city_name"].groupby(level=names.CITY).first() if "city_name" in frame.columns
+                  else (geo_cities.loc[cities, "name_zh"] if in_geo else pd.Series(cities, index=cities)))
+    roles = Roles(outcome=outcome, treatment=treatment, controls=tuple(controls), mechanisms=mechanisms,
+                  splitters=tuple(splitters), instrument=instrument, indicators=tuple(indicators),
+                  employment=tuple(employment), negative_indicators=tuple(config.negative_indicators))
+    return StudyData(source=src, synthetic=_is_synthetic(path), frame=frame, roles=roles, config=config,
+                     index_weights=index_weights, weights=weights, weights_source=weights_source,
+                     provinces=provinces, city_names=city_names, balanced=balanced, skipped=tuple(skipped))
+
+
+def _bundled_cities() -> pd.DataFrame | None:
+    try:
+        from .geography import load_geography
+    except ImportError:
+        return None
+    try:
+        return load_geography().cities
+    except FileNotFoundError:
+        return None

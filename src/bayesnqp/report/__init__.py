@@ -1,0 +1,1 @@
+"""Report stage: paper-style tables, figures, maps and the HTML page."""

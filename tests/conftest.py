@@ -1,0 +1,43 @@
+"""Shared fixtures: a small raw panel in the paper's column names (not the demo), written to tmp files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bayesnqp import names
+
+
+def raw_panel(n_cities: int = 12, years: range = range(2015, 2020), seed: int = 7,
+              city_ids: list[str] | None = None) -> pd.DataFrame:
+    """Raw columns for every role, with sane positive values; city ids 'R01'.. unless given."""
+    rng = np.random.default_rng(seed)
+    ids = city_ids or [f"R{i:02d}" for i in range(1, n_cities + 1)]
+    rows = []
+    size = rng.lognormal(0, 0.6, len(ids))
+    for c, s in zip(ids, size):
+        for y in years:
+            total = 50 + 100 * s * rng.uniform(0.9, 1.1)
+            row = {"city": c, "city_name": f"name {c}", "year": y, names.TOTAL_EMPLOYMENT: total,
+                   names.DIGITAL_EMPLOYMENT: total * rng.uniform(0.01, 0.05) * s}
+            for col in names.NQP_INDICATOR_NAMES:
+                row[col] = s * rng.uniform(1, 3) * 100
+            for col in (*names.CONTROLS, *names.MECHANISM_INDICATORS, *names.SPLITTERS):
+                row[col] = rng.uniform(0.5, 2.0) * s
+            row[names.DIST_HANGZHOU] = 100 + 50 * ids.index(c)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def raw_csv(tmp_path):
+    """Write a raw panel to CSV (optionally modified) and return its path."""
+
+    def _write(frame: pd.DataFrame | None = None, name: str = "panel.csv"):
+        frame = raw_panel() if frame is None else frame
+        path = tmp_path / name
+        frame.to_csv(path, index=False)
+        return path
+
+    return _write
