@@ -36,7 +36,7 @@ def _fail_input(exc: InputError) -> None:
     err.print(f"[bold red]error:[/] {len(exc.problems)} problem(s) in the input; nothing was written.",
               highlight=False)
     for p in exc.problems:
-        err.print(f"  - {p}", highlight=False, markup=False)
+        err.print(f"  - {p}", highlight=False, markup=False, soft_wrap=True)
     raise typer.Exit(EXIT_INPUT)
 
 

@@ -85,7 +85,7 @@ TIER1_CITIES: tuple[str, ...] = ("110000", "310000", "440100", "440300")
 PARAMS: dict[str, Any] = {
     "development": {
         "w_east": 0.55, "w_hangzhou": 0.35, "w_field": 0.55, "sar_lambda": 0.8,
-        "capital_bonus": 1.1, "municipality_bonus": 0.6, "major_bonus": 1.0, "noise_sd": 0.35,
+        "capital_bonus": 1.1, "municipality_bonus": 0.6, "major_bonus": 1.0, "tier1_bonus": 1.0, "noise_sd": 0.35, "cap": 2.5,
     },
     "employment": {"log_median": np.log(32.0), "d_slope": 0.55, "city_sd": 0.45, "growth": 0.012,
                    "shock_sd": 0.04},
@@ -102,8 +102,8 @@ PARAMS: dict[str, Any] = {
                        "max": 0.2548},
         "finance": {"log_median": np.log(0.95), "d_slope": 0.22, "city_sd": 0.38, "growth": 0.02,
                     "shock_sd": 0.12},
-        "human": {"log_median": np.log(3.7), "d_slope": 0.85, "city_sd": 0.55, "capital_bonus": 1.3,
-                  "growth": 0.02, "shock_sd": 0.05},
+        "human": {"log_median": np.log(3.7), "d_slope": 0.85, "city_sd": 0.55, "capital_bonus": 1.0,
+                  "growth": 0.02, "shock_sd": 0.05, "max": 120.0},
         "traffic": {"log_median": np.log(0.040), "d_slope": 0.15, "city_sd": 0.55, "growth": 0.02,
                     "shock_sd": 0.08},
         "support": {"mean": 0.188, "d_slope": 0.012, "city_sd": 0.033, "trend": 0.001, "shock_sd": 0.012,
@@ -123,8 +123,8 @@ PARAMS: dict[str, Any] = {
     },
     # Slope heterogeneity: b_i = b * exp(sum_s h_s z_si) / mean_i(...), z_si the standardised city mean of
     # splitter s with gov_dominance sign-reversed, so "high" groups (low gov_dominance) have larger slopes.
-    "heterogeneity": {"digital_support": 0.20, "nqp_emphasis": 0.20, "marketization": 0.20,
-                      "market_integration": 0.20, "gov_dominance": 0.20},
+    "heterogeneity": {"digital_support": 0.12, "nqp_emphasis": 0.12, "marketization": 0.12,
+                      "market_integration": 0.12, "gov_dominance": 0.12},
     "mechanisms": {
         # eta_k = a_k * LQ + sum_c s_kc * std(control_c) + d_slope * d + city noise + trend * (t - 2017.5) + noise
         "inno": {"a": 0.60, "d_slope": 0.6, "city_sd": 0.5, "trend": 0.08, "noise_sd": 0.45,
@@ -152,7 +152,7 @@ PARAMS: dict[str, Any] = {
         "g": {"develop": 0.0010, "unemployed": -0.050, "finance": 0.0015, "human": 0.00020,
               "traffic": 0.010, "support": 0.040},
         "b_k": {"inno": 0.0030, "factor": 0.0025, "industry": 0.0020},
-        "mu_scale": 0.020, "mu_d_slope": 0.85, "mu_noise_sd": 0.25, "tier1_mult": 1.0, "mu_d_cap": 2.5,
+        "mu_scale": 0.020, "mu_d_slope": 0.85, "mu_noise_sd": 0.25, "mu_tier1": 0.25, "mu_tier1_noise_sd": 0.10,
         "nu_2013": 0.0, "nu_2022": 0.012, "year_shock_sd": 0.0006,
         "e_sd": 0.0035,
     },
@@ -282,12 +282,14 @@ def generate_demo(seed: int = DEFAULT_SEED, geography: Any = None) -> DemoData:
     capital = np.array([c[2:4] == "01" for c in ids]) | np.isin(ids, MUNICIPALITY_ADCODES)
     municipality = np.isin(ids, MUNICIPALITY_ADCODES)
     major = np.isin(ids, MAJOR_CITIES)
+    tier1 = np.isin(ids, TIER1_CITIES)
     field_d = _sar_field(w, pd_["sar_lambda"], rng)
     d_raw = (pd_["w_east"] * _standardise(lon) - pd_["w_hangzhou"] * _standardise(dist)
              + pd_["w_field"] * field_d + pd_["capital_bonus"] * capital
-             + pd_["municipality_bonus"] * municipality + pd_["major_bonus"] * major
+             + pd_["municipality_bonus"] * municipality + pd_["major_bonus"] * major + pd_["tier1_bonus"] * tier1
              + pd_["noise_sd"] * rng.standard_normal(n))
-    d = _standardise(d_raw)
+    # soft cap of the tails, so the leading cities are comparable and none leads every indicator
+    d = pd_["cap"] * np.tanh(_standardise(d_raw) / pd_["cap"])
     d_col = d[:, None]
 
     # ---- 2. employment and the digital share ---------------------------------------------------
@@ -323,7 +325,8 @@ def generate_demo(seed: int = DEFAULT_SEED, geography: Any = None) -> DemoData:
     controls["develop"] = lognormal_panel(pc["develop"])
     controls["unemployed"] = np.minimum(lognormal_panel(pc["unemployed"]), pc["unemployed"]["max"])
     controls["finance"] = lognormal_panel(pc["finance"])
-    controls["human"] = lognormal_panel(pc["human"], pc["human"]["capital_bonus"] * capital[:, None])
+    controls["human"] = np.minimum(lognormal_panel(pc["human"], pc["human"]["capital_bonus"] * capital[:, None]),
+                                   pc["human"]["max"])
     controls["traffic"] = lognormal_panel(pc["traffic"])
     sp_ = pc["support"]
     controls["support"] = np.clip(sp_["mean"] + sp_["d_slope"] * d_col + sp_["city_sd"] * rng.standard_normal((n, 1))
@@ -345,9 +348,15 @@ def generate_demo(seed: int = DEFAULT_SEED, geography: Any = None) -> DemoData:
     split["gov_dominance"] = lognormal_panel(psp["gov_dominance"])
 
     # Slope heterogeneity from the city means of the splitters (gov_dominance reversed).
+    # z: the standardised city mean on the generating scale (log / logit / level), soft-capped at +-2
     hetero = np.zeros(n)
     for s, h in p["heterogeneity"].items():
-        z = _standardise(split[s].mean(axis=1))
+        level = split[s].mean(axis=1)
+        if s == "market_integration":
+            level = np.log(level / (1.0 - level))
+        elif s != "marketization":
+            level = np.log(level)
+        z = 2.0 * np.tanh(_standardise(level) / 2.0)
         hetero += h * (-z if s == "gov_dominance" else z)
     slope_mult = np.exp(hetero)
     slope_mult /= slope_mult.mean()
@@ -373,10 +382,10 @@ def generate_demo(seed: int = DEFAULT_SEED, geography: Any = None) -> DemoData:
 
     # ---- 5. latent NQP: spatial Durbin with two-way effects ------------------------------------
     pn = p["nqp"]
-    tier1 = np.isin(ids, TIER1_CITIES)
-    # d is capped for the NQP level so the first-tier cities are comparable and none leads every indicator
-    mu = (pn["mu_scale"] * np.exp(pn["mu_d_slope"] * np.minimum(d, pn["mu_d_cap"]) + pn["mu_noise_sd"] * rng.standard_normal(n))
-          * np.where(tier1, pn["tier1_mult"], 1.0))
+    # the first-tier cities get a common level (with small noise), so none of them leads every indicator
+    zmu = rng.standard_normal(n)
+    mu = np.where(tier1, pn["mu_tier1"] * np.exp(pn["mu_tier1_noise_sd"] * zmu),
+                  pn["mu_scale"] * np.exp(pn["mu_d_slope"] * d + pn["mu_noise_sd"] * zmu))
     nu = np.linspace(pn["nu_2013"], pn["nu_2022"], t_len) + pn["year_shock_sd"] * rng.standard_normal(t_len)
     w_lq = wd @ lq_arr
     slope_i = pn["b"] * slope_mult
@@ -429,6 +438,11 @@ def generate_demo(seed: int = DEFAULT_SEED, geography: Any = None) -> DemoData:
     if os.environ.get("BAYESNQP_DEMO_DEBUG"):
         print("mu top", dict(zip(np.array(ids)[np.argsort(-mu)[:6]], np.sort(mu)[::-1][:6].round(4))))
         print("y top", dict(zip(np.array(ids)[np.argsort(-y.mean(1))[:6]], np.sort(y.mean(1))[::-1][:6].round(4))))
+        i = list(ids).index("310000")
+        print("slope_mult sd/min/max", slope_mult.std().round(3), slope_mult.min().round(3), slope_mult.max().round(3))
+        print("SH z", z[i].round(3), "slope", slope_i[i], "lq", lq_arr[i].round(2), "wlq", w_lq[i].round(2), "mu", mu[i])
+        print("SH ctrl", {c: (pn["g"][c] * (controls[c][i] - controls[c].mean())).round(3).tolist()[:2] for c in pn["g"]})
+        print("SH eta", {k: (bk * (eta[k][i] - eta[k].mean())).round(3).tolist()[:2] for k, bk in pn["b_k"].items()})
         print("d top", dict(zip(np.array(ids)[np.argsort(-d)[:6]], np.sort(d)[::-1][:6].round(2))))
     latent = {"y": y, "lq": lq_arr, "eta": eta, "slope_mult": slope_mult, "mu": mu, "nu": nu, "d": d}
     truth = _truth(seed, panel, latent, geo)

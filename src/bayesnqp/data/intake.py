@@ -235,7 +235,9 @@ def load_study(data: str | Path | None, config: StudyConfig) -> StudyData:
         original = raw[col]
         values = pd.to_numeric(original, errors="coerce")
         non_numeric = values.isna() & original.notna() & (original.astype(str).str.strip() != "")
-        _cell_problems(src, frame, col, non_numeric, "cell is not a number", problems)
+        for value in original[non_numeric].astype(str).unique()[:MAX_CELLS_LISTED]:
+            _cell_problems(src, frame, col, non_numeric & (original.astype(str) == value),
+                           f"cell {value!r} is not a number", problems)
         _cell_problems(src, frame, col, original.isna() | (original.astype(str).str.strip() == ""),
                        "cell is missing (NaN)", problems)
         _cell_problems(src, frame, col, values.isin([np.inf, -np.inf]), "cell is infinite", problems)
@@ -274,6 +276,11 @@ def load_study(data: str | Path | None, config: StudyConfig) -> StudyData:
                                     city=city, year=year))
         if len(gaps) > 20:
             problems.append(Problem(src, f"{len(gaps) - 20} more missing city-years"))
+    if gaps and config.allow_unbalanced and config.spatial == "true":
+        city, year = gaps[0]
+        problems.append(Problem(src, f"spatial analyses were asked for ([spatial] enabled = true) but the panel "
+                                     f"is unbalanced ({len(gaps)} missing city-years); they need every city "
+                                     "in every year", city=city, year=year))
     if len(have) < 3 or len(full_years) < 2:
         problems.append(Problem(src, f"need at least 3 cities and 2 years, found {len(have)} and {len(full_years)}"))
 

@@ -29,7 +29,9 @@ def read_table(path: str | Path, id_column: str | None = None) -> pd.DataFrame:
         raise InputError([Problem(src, "file is empty")])
     try:
         if kind == "csv":
-            frame = pd.read_csv(path, dtype={id_column: str} if id_column else None, encoding="utf-8-sig")
+            # Only empty cells are missing: "n/a", "NA", "-" stay text so validation can quote them.
+            frame = pd.read_csv(path, dtype={id_column: str} if id_column else None, encoding="utf-8-sig",
+                                keep_default_na=False, na_values=[""])
         elif kind == "stata":
             frame = pd.read_stata(path, convert_categoricals=False)
         elif kind == "excel":

@@ -95,15 +95,32 @@ def konfound(estimate: float, std_error: float, n_obs: int, n_covariates: int, a
                           itcv=itcv, r_con=r_con, r_xcv=r_con, r_ycv=sign * r_con)
 
 
-def konfound_result(result: AnalysisResult, n_covariates: int, alpha: float = 0.05, tails: int = 2,
-                    id: str = "konfound") -> AnalysisResult:
+def fe_covariate_count(result: AnalysisResult) -> int:
+    """Covariates of a fitted panel column besides the treatment and the intercept, absorbed dummies included.
+
+    The t-to-r conversion of the correlation route uses the regression's residual degrees of freedom;
+    with city and year effects those are N - k - (G - 1) - (T - 1) - 1, so q counts the controls plus
+    G - 1 city and T - 1 year dummies (q = 6 + 279 + 9 = 294 for the paper's Table 3 column 4).
+    """
+    slopes = [t for t in result.coefs.index if t not in (result.key_term, "constant")]
+    q = len(slopes)
+    if "city" in result.fixed_effects:
+        q += int(result.extra["n_clusters"]) - 1
+    if "year" in result.fixed_effects:
+        q += int(result.extra["n_years"]) - 1
+    return q
+
+
+def konfound_result(result: AnalysisResult, n_covariates: int | None = None, alpha: float = 0.05,
+                    tails: int = 2, id: str = "konfound") -> AnalysisResult:
     """KonFound applied to the key term of ``result`` (e.g. Table 3 column 4) as a report entry.
 
-    ``n_covariates``: covariates other than the treatment and the intercept (for a two-way FE model
-    decide whether the absorbed dummies count; the paper's numbers are closer when they do not).
+    ``n_covariates``: covariates other than the treatment and the intercept; None counts the controls
+    and the absorbed fixed-effect dummies (:func:`fe_covariate_count`).
     """
+    q = fe_covariate_count(result) if n_covariates is None else int(n_covariates)
     row = result.coefs.loc[result.key_term]
-    k = konfound(float(row["estimate"]), float(row["std_error"]), int(result.n_obs), n_covariates, alpha, tails)
+    k = konfound(float(row["estimate"]), float(row["std_error"]), int(result.n_obs), q, alpha, tails)
     extra = {f: getattr(k, f) for f in KonfoundResult.__dataclass_fields__}
     extra["source"] = result.id
     extra["sentence"] = k.sentence()
@@ -112,8 +129,10 @@ def konfound_result(result: AnalysisResult, n_covariates: int, alpha: float = 0.
                           n_obs=result.n_obs, se_type=result.se_type, r2=result.r2,
                           fixed_effects=result.fixed_effects, key_term=result.key_term, dep_var=result.dep_var,
                           notes=(f"Frank (2000) / Frank et al. (2013), pkonfound conventions: df = n - q - 2 "
-                                 f"with q = {n_covariates} covariates besides the treatment and intercept",),
+                                 f"with q = {q} covariates besides the treatment and intercept"
+                                 + (" (controls plus absorbed fixed-effect dummies)" if n_covariates is None
+                                    else ""),),
                           extra=extra)
 
 
-__all__ = ["KonfoundResult", "konfound", "konfound_result"]
+__all__ = ["KonfoundResult", "fe_covariate_count", "konfound", "konfound_result"]

@@ -1,0 +1,134 @@
+"""Choropleth maps of the 280 cities drawn from the bundled boundaries (matplotlib only, Agg backend).
+
+Each city is one compound path (all its polygons, holes included), so a map has exactly one patch per
+city; cities without a value are drawn in light grey and named in the legend as "no value".
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never open a window
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.collections import PathCollection  # noqa: E402
+from matplotlib.colors import Normalize, TwoSlopeNorm  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.path import Path  # noqa: E402
+
+from ..data.geography import load_boundaries  # noqa: E402
+
+MISSING_COLOUR = "#dcdcdc"
+EDGE_COLOUR = "#ffffff"
+CI_LABEL = "94% interval width"
+# Degrees of longitude shrink with cos(latitude); at China's middle latitude (~33 N) this aspect makes a
+# kilometre east-west as long on the page as a kilometre north-south.
+_ASPECT = 1.0 / math.cos(math.radians(33.0))
+
+
+def _city_path(geom) -> Path:
+    """One compound path per city; exteriors counter-clockwise, holes clockwise (non-zero fill rule)."""
+    from shapely.geometry.polygon import orient
+
+    polys = list(getattr(geom, "geoms", [geom]))
+    verts, codes = [], []
+    for poly in polys:
+        if poly.geom_type != "Polygon" or poly.is_empty:
+            continue
+        poly = orient(poly, sign=1.0)
+        for ring in (poly.exterior, *poly.interiors):
+            xy = np.asarray(ring.coords)
+            verts.append(xy)
+            codes.append(np.r_[Path.MOVETO, np.full(len(xy) - 2, Path.LINETO), Path.CLOSEPOLY])
+    return Path(np.concatenate(verts), np.concatenate(codes).astype(Path.code_type))
+
+
+_PATHS: dict[str, Path] | None = None
+
+
+def _paths() -> dict[str, Path]:
+    global _PATHS
+    if _PATHS is None:
+        _PATHS = {code: _city_path(g) for code, g in load_boundaries().items()}
+    return _PATHS
+
+
+def choropleth(values: pd.Series, title: str, *, label: str, cmap: str = "viridis", diverging: bool = False,
+               ax=None) -> Figure:
+    """Map ``values`` (indexed by 6-digit adcode) over the 280 cities; returns the figure.
+
+    ``diverging`` centres the colour scale on 0 (default colour map then RdBu_r). Cities missing from
+    ``values`` or with NaN are light grey. An adcode that is not one of the 280 cities is an error.
+    """
+    paths = _paths()
+    vals = pd.Series(values, dtype=float).copy()
+    vals.index = vals.index.astype(str)
+    unknown = sorted(set(vals.index) - set(paths))
+    if unknown:
+        raise ValueError(f"not among the 280 mapped cities: {', '.join(unknown[:10])}"
+                         + (" ..." if len(unknown) > 10 else ""))
+    codes = list(paths)
+    data = vals.reindex(codes).to_numpy()
+    have = np.isfinite(data)
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(8.0, 6.6), layout="constrained")
+    else:
+        fig = ax.figure
+    if diverging and cmap == "viridis":
+        cmap = "RdBu_r"
+    colours = plt.get_cmap(cmap)
+    finite = data[have]
+    if finite.size == 0:
+        norm = Normalize(0.0, 1.0)
+    elif diverging:
+        half = float(np.max(np.abs(finite))) or 1.0
+        norm = TwoSlopeNorm(vcenter=0.0, vmin=-half, vmax=half)
+    else:
+        lo, hi = float(finite.min()), float(finite.max())
+        norm = Normalize(lo, hi if hi > lo else lo + 1.0)
+
+    face = np.tile(matplotlib.colors.to_rgba(MISSING_COLOUR), (len(codes), 1))
+    face[have] = colours(norm(finite))
+    coll = PathCollection([paths[c] for c in codes], facecolors=face, edgecolors=EDGE_COLOUR,
+                          linewidths=0.25)
+    ax.add_collection(coll)
+    bounds = np.array([p.get_extents().bounds for p in paths.values()])
+    x0, y0 = bounds[:, 0].min(), bounds[:, 1].min()
+    x1, y1 = (bounds[:, 0] + bounds[:, 2]).max(), (bounds[:, 1] + bounds[:, 3]).max()
+    pad = 0.5
+    ax.set_xlim(x0 - pad, x1 + pad)
+    ax.set_ylim(y0 - pad, y1 + pad)
+    ax.set_aspect(_ASPECT)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.set_title(title)
+
+    mappable = plt.cm.ScalarMappable(norm=norm, cmap=colours)
+    bar = fig.colorbar(mappable, ax=ax, orientation="horizontal", shrink=0.7, pad=0.02, aspect=35)
+    bar.set_label(label)
+    n_missing = int((~have).sum())
+    handles = [Patch(facecolor=MISSING_COLOUR, edgecolor="#999999", linewidth=0.5,
+                     label=f"no value ({n_missing} cities)")]
+    ax.legend(handles=handles, loc="lower left", frameon=False, fontsize="small")
+    ax.text(0.99, 0.01, f"{int(have.sum())} of {len(codes)} prefecture-level cities",
+            transform=ax.transAxes, ha="right", va="bottom", fontsize="x-small", color="#555555")
+    return fig
+
+
+def map_pair(mean: pd.Series, width: pd.Series, title: str, label: str) -> Figure:
+    """Two maps side by side: the posterior mean and the width of its 94% interval, per city."""
+    fig, axes = plt.subplots(1, 2, figsize=(14.0, 6.4), layout="constrained")
+    m = pd.Series(mean, dtype=float)
+    straddles = bool(m.notna().any() and m.min() < 0 < m.max())
+    choropleth(m, "Posterior mean", label=label, diverging=straddles, ax=axes[0])
+    choropleth(width, CI_LABEL, label=f"{CI_LABEL} of {label}", cmap="magma_r", ax=axes[1])
+    fig.suptitle(title)
+    return fig
