@@ -148,11 +148,11 @@ PARAMS: dict[str, Any] = {
                                   "noise_sd": 0.08, "unit": "10k yuan per worker"},
     },
     "nqp": {
-        "rho": -0.20, "b": 0.0080, "theta": -0.0080,
+        "rho": -0.20, "b": 0.0045, "theta": -0.0045,
         "g": {"develop": 0.0010, "unemployed": -0.050, "finance": 0.0015, "human": 0.00020,
               "traffic": 0.010, "support": 0.040},
-        "b_k": {"inno": 0.0030, "factor": 0.0025, "industry": 0.0020},
-        "mu_scale": 0.020, "mu_d_slope": 0.85, "mu_noise_sd": 0.25, "mu_tier1": 0.25, "mu_tier1_noise_sd": 0.10,
+        "b_k": {"inno": 0.0017, "factor": 0.0014, "industry": 0.0011},
+        "mu_scale": 0.010, "mu_d_slope": 0.80, "mu_noise_sd": 0.25, "mu_tier1": {"110000": 0.22, "310000": 0.17, "440300": 0.14, "440100": 0.11}, "mu_tier1_noise_sd": 0.05,
         "nu_2013": 0.0, "nu_2022": 0.012, "year_shock_sd": 0.0006,
         "e_sd": 0.0035,
     },
@@ -160,24 +160,24 @@ PARAMS: dict[str, Any] = {
         # Each indicator: x = base + scale * (softplus_h(y + offset) ^ power) * exp(m_ij + eps_ijt), or a
         # saturating rate 100 * (1 - exp(-(r0 + r1 * softplus(...)) * exp(m + eps))); city-indicator
         # effects m_ij ~ N(0, city_sd) make different cities lead different indicators.
-        "softplus_h": 0.003, "offset": 0.004,
+        "softplus_h": 0.003, "offset": 0.0,
         "spec": {
-            "emerging_industry_staff": {"kind": "count", "scale": 6.0e5, "power": 1.3, "city_sd": 0.45, "noise_sd": 0.25},
-            "research_staff": {"kind": "level", "base": 0.05, "scale": 60.0, "power": 1.1, "city_sd": 0.35, "noise_sd": 0.15},
-            "avg_wage": {"kind": "level", "base": 38000.0, "scale": 3.2e5, "power": 0.9, "city_sd": 0.12, "noise_sd": 0.05},
-            "consumption_pc": {"kind": "level", "base": 11000.0, "scale": 1.2e5, "power": 0.9, "city_sd": 0.12, "noise_sd": 0.05},
-            "telecom_volume": {"kind": "level", "base": 5.0, "scale": 3000.0, "power": 1.1, "city_sd": 0.35, "noise_sd": 0.15},
-            "ai_firm_share": {"kind": "rate", "r0": 0.002, "r1": 0.35, "city_sd": 0.35, "noise_sd": 0.15},
-            "robot_density": {"kind": "level", "base": 3.0, "scale": 1500.0, "power": 1.1, "city_sd": 0.40, "noise_sd": 0.15},
-            "pollution_investment": {"kind": "level", "base": 0.5, "scale": 600.0, "power": 1.1, "city_sd": 0.45, "noise_sd": 0.25},
-            "waste_treatment_rate": {"kind": "rate", "r0": 2.0, "r1": 150.0, "city_sd": 0.20, "noise_sd": 0.20},
-            "emission_trading": {"kind": "level", "base": 0.0, "scale": 250.0, "power": 1.4, "city_sd": 0.60, "noise_sd": 0.35},
-            "green_invention_patents": {"kind": "count", "scale": 1.1e5, "power": 1.3, "city_sd": 0.45, "noise_sd": 0.20},
-            "green_utility_patents": {"kind": "count", "scale": 1.6e5, "power": 1.2, "city_sd": 0.40, "noise_sd": 0.20},
-            "broadband_users": {"kind": "level", "base": 10.0, "scale": 2500.0, "power": 1.0, "city_sd": 0.30, "noise_sd": 0.10},
-            "internet_penetration": {"kind": "rate", "r0": 0.25, "r1": 12.0, "city_sd": 0.15, "noise_sd": 0.08},
-            "gov_science_spending": {"kind": "level", "base": 0.2, "scale": 900.0, "power": 1.2, "city_sd": 0.40, "noise_sd": 0.15},
-            "gov_education_spending": {"kind": "level", "base": 8.0, "scale": 1500.0, "power": 1.0, "city_sd": 0.25, "noise_sd": 0.08},
+            "emerging_industry_staff": {"kind": "count", "scale": 6.0e5, "power": 1.3, "city_sd": 0.585, "noise_sd": 0.4},
+            "research_staff": {"kind": "level", "base": 0.05, "scale": 60.0, "power": 1.1, "city_sd": 0.455, "noise_sd": 0.24},
+            "avg_wage": {"kind": "level", "base": 38000.0, "scale": 3.2e5, "power": 0.9, "city_sd": 0.156, "noise_sd": 0.08},
+            "consumption_pc": {"kind": "level", "base": 11000.0, "scale": 1.2e5, "power": 0.9, "city_sd": 0.156, "noise_sd": 0.08},
+            "telecom_volume": {"kind": "level", "base": 5.0, "scale": 3000.0, "power": 1.1, "city_sd": 0.455, "noise_sd": 0.24},
+            "ai_firm_share": {"kind": "rate", "r0": 0.002, "r1": 0.35, "city_sd": 0.455, "noise_sd": 0.24},
+            "robot_density": {"kind": "level", "base": 3.0, "scale": 1500.0, "power": 1.1, "city_sd": 0.52, "noise_sd": 0.24},
+            "pollution_investment": {"kind": "level", "base": 0.5, "scale": 600.0, "power": 1.1, "city_sd": 0.585, "noise_sd": 0.4},
+            "waste_treatment_rate": {"kind": "rate", "r0": 2.0, "r1": 150.0, "city_sd": 0.26, "noise_sd": 0.32},
+            "emission_trading": {"kind": "level", "base": 0.0, "scale": 250.0, "power": 1.4, "city_sd": 0.78, "noise_sd": 0.56},
+            "green_invention_patents": {"kind": "count", "scale": 1.1e5, "power": 1.3, "city_sd": 0.585, "noise_sd": 0.32},
+            "green_utility_patents": {"kind": "count", "scale": 1.6e5, "power": 1.2, "city_sd": 0.52, "noise_sd": 0.32},
+            "broadband_users": {"kind": "level", "base": 10.0, "scale": 2500.0, "power": 1.0, "city_sd": 0.39, "noise_sd": 0.16},
+            "internet_penetration": {"kind": "rate", "r0": 0.25, "r1": 12.0, "city_sd": 0.195, "noise_sd": 0.128},
+            "gov_science_spending": {"kind": "level", "base": 0.2, "scale": 900.0, "power": 1.2, "city_sd": 0.52, "noise_sd": 0.24},
+            "gov_education_spending": {"kind": "level", "base": 8.0, "scale": 1500.0, "power": 1.0, "city_sd": 0.325, "noise_sd": 0.128},
         },
     },
 }
@@ -384,7 +384,8 @@ def generate_demo(seed: int = DEFAULT_SEED, geography: Any = None) -> DemoData:
     pn = p["nqp"]
     # the first-tier cities get a common level (with small noise), so none of them leads every indicator
     zmu = rng.standard_normal(n)
-    mu = np.where(tier1, pn["mu_tier1"] * np.exp(pn["mu_tier1_noise_sd"] * zmu),
+    tier1_level = np.array([pn["mu_tier1"].get(c, 0.0) for c in ids])
+    mu = np.where(tier1, tier1_level * np.exp(pn["mu_tier1_noise_sd"] * zmu),
                   pn["mu_scale"] * np.exp(pn["mu_d_slope"] * d + pn["mu_noise_sd"] * zmu))
     nu = np.linspace(pn["nu_2013"], pn["nu_2022"], t_len) + pn["year_shock_sd"] * rng.standard_normal(t_len)
     w_lq = wd @ lq_arr

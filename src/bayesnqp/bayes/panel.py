@@ -514,7 +514,7 @@ def simulate_panel(n_city: int = 60, n_year: int = 8, *, seed: int = 0, beta: fl
                    lognormal: bool = False) -> tuple[pd.DataFrame, dict[str, Any]]:
     """A (city, year) panel with known truth in which the city effects correlate with the regressors.
 
-    y = 0.05 + beta * agglomeration + control_beta * sum(controls) + u_i + tau_t + e   (Normal), or
+    y = 0.15 + beta * agglomeration + control_beta * sum(controls) + u_i + tau_t + e   (Normal), or
     log y = -3 + ... (LogNormal). Used by the recovery tests and the benchmark.
     """
     rng = np.random.default_rng(seed)
@@ -530,7 +530,7 @@ def simulate_panel(n_city: int = 60, n_year: int = 8, *, seed: int = 0, beta: fl
         data[c] = 1.0 + 0.5 * (0.5 * city_corr * u[ci] + rng.normal(0, 1, ci.size) + 0.1 * j * ti)
     lin = (beta * data[AGGLOMERATION] + control_beta * sum(data[c] for c in controls)
            + sigma_city * u[ci] + 0.5 * sigma_city * tau[ti] + rng.normal(0, sigma, ci.size))
-    data["nqp"] = np.exp(-3.0 + lin) if lognormal else 0.05 + lin
+    data["nqp"] = np.exp(-3.0 + lin) if lognormal else 0.15 + lin
     index = pd.MultiIndex.from_arrays([np.asarray(cities)[ci], np.asarray(years)[ti]], names=[CITY, YEAR])
     truth = {"beta": {AGGLOMERATION: beta, **{c: control_beta for c in controls}}, "sigma": sigma,
              "sigma_city_scale": sigma_city}

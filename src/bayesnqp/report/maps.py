@@ -115,10 +115,12 @@ def choropleth(values: pd.Series, title: str, *, label: str, cmap: str = "viridi
     bar = fig.colorbar(mappable, ax=ax, orientation="horizontal", shrink=0.7, pad=0.02, aspect=35)
     bar.set_label(label)
     n_missing = int((~have).sum())
-    handles = [Patch(facecolor=MISSING_COLOUR, edgecolor="#999999", linewidth=0.5,
-                     label=f"no value ({n_missing} cities)")]
-    ax.legend(handles=handles, loc="lower left", frameon=False, fontsize="small")
-    ax.text(0.99, 0.01, f"{int(have.sum())} of {len(codes)} prefecture-level cities",
+    if n_missing:
+        handles = [Patch(facecolor=MISSING_COLOUR, edgecolor="#999999", linewidth=0.5,
+                         label=f"no value ({n_missing} {'city' if n_missing == 1 else 'cities'})")]
+        ax.legend(handles=handles, loc="lower left", frameon=False, fontsize="small")
+    ax.text(0.99, 0.01, f"{int(have.sum())} of {len(codes)} prefecture-level cities shown;\n"
+            "blank: areas outside the sample",
             transform=ax.transAxes, ha="right", va="bottom", fontsize="x-small", color="#555555")
     return fig
 
