@@ -10,20 +10,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .bayes.sampling import SamplerSettings
 from .config import load_config
-from .data.describe import table2_comparison
 from .data.intake import StudyData, load_study
-from .errors import ConvergenceError
+from .errors import ConvergenceError, InputError, Problem
 from .report.html import ReportBuilder
 from .results import json_safe
+from .stages.context import RunContext
+from .stages.data import stage_data
+from .stages.frequentist import stage_frequentist
 
 QUICK = {"draws": 300, "tune": 300, "chains": 2}
 
@@ -46,28 +47,6 @@ class RunOptions:
                                sampler=self.sampler)  # type: ignore[arg-type]
 
 
-@dataclass
-class RunContext:
-    """What every stage reads and adds to."""
-
-    study: StudyData
-    options: RunOptions
-    settings: SamplerSettings
-    report: ReportBuilder
-    out: Path
-    summary: dict[str, Any]
-    oracles: dict[str, Any] = field(default_factory=dict)  # frequentist AnalysisResults by id
-    bayes: dict[str, Any] = field(default_factory=dict)  # BayesResults by id
-    flagged: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-
-    def add_analysis(self, analysis_id: str, block: dict[str, Any]) -> None:
-        self.summary["analyses"][analysis_id] = json_safe(block)
-
-    def skip(self, analysis_id: str, reason: str) -> None:
-        self.summary["skipped"][analysis_id] = reason
-
-
 Stage = Callable[[RunContext], None]
 
 
@@ -75,41 +54,10 @@ def default_out(study: StudyData) -> Path:
     return Path("reports") / study.data_name
 
 
-def stage_data(ctx: RunContext) -> None:
-    study = ctx.study
-    r = study.roles
-    sec = ctx.report.section("data", "Data and measures")
-    lines = [f"Source: {study.source}. {len(study.cities)} cities x {len(study.years)} years "
-             f"({study.years[0]}-{study.years[-1]}), {len(study.frame)} city-years."]
-    if study.synthetic:
-        lines.append("These are SYNTHETIC DEMO DATA: the numbers are generated (with the real geography of "
-                     "the 280 cities) to resemble the paper's Table 2; they are not statistics of any city.")
-    lines.append("Outcome: " + ("the entropy-weight index over " + f"{len(r.indicators)} raw indicators "
-                                "(pooled min-max normalisation, shift 1e-4)" if r.indicators
-                                else f"the ready column '{r.outcome}'") +
-                 ". Treatment: " + ("the location quotient of digital employment (eq. 3, per-year totals)"
-                                    if r.employment else f"the ready column '{r.treatment}'") + ".")
-    if study.weights is not None:
-        w = study.weights
-        lo, hi = w.rho_bounds
-        lines.append(f"Spatial weights: {study.weights_source}; {w.n} regions, {len(w.edges)} edges, "
-                     f"{w.n_components} connected component(s), islands: {', '.join(w.islands) or 'none'}. "
-                     f"Row-standardised W; admissible rho in ({lo:.4f}, {hi:.0f}).")
-    ctx.report.text(sec, "\n\n".join(lines))
-    for item in study.skipped:
-        ctx.report.skip(sec, item.reason)
-        ctx.skip(item.id, item.reason)
-    t2 = table2_comparison(study.frame, r.outcome, r.treatment, r.controls)
-    ctx.report.table(sec, "table2_descriptives", t2, "Table 2 - descriptive statistics, this panel beside the paper",
-                     note="paper_* columns: the paper's Table 2 (N = 2,800). skew: sample skewness of this panel.")
-    ctx.summary["descriptives"] = {str(k): row.to_dict() for k, row in t2.iterrows()}
-    if study.index_weights is not None:
-        ctx.report.table(sec, "index_weights", study.index_weights,
-                         "Entropy weights of the NQP indicators (sum to 1)")
-        ctx.summary["index_weights"] = study.index_weights["weight"].to_dict()
-
-
-STAGES: list[tuple[str, Stage]] = [("data and measures", stage_data)]
+STAGES: list[tuple[str, Stage]] = [
+    ("data and measures", stage_data),
+    ("frequentist oracles", stage_frequentist),
+]
 
 
 def run_study(data: str | Path | None, config_path: str | Path | None, options: RunOptions,
@@ -120,8 +68,6 @@ def run_study(data: str | Path | None, config_path: str | Path | None, options: 
     study = load_study(data, config)
     out = Path(options.out) if options.out is not None else default_out(study)
     if out.exists() and not out.is_dir():
-        from .errors import InputError, Problem
-
         raise InputError([Problem(str(out), "output path exists and is not a folder")])
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
@@ -148,8 +94,7 @@ def run_study(data: str | Path | None, config_path: str | Path | None, options: 
     try:
         (staging / "fits").mkdir(parents=True)
         report = ReportBuilder(staging, title=title, synthetic=study.synthetic, meta=meta)
-        ctx = RunContext(study=study, options=options, settings=settings, report=report, out=staging,
-                         summary=summary)
+        ctx = RunContext(study=study, settings=settings, report=report, out=staging, summary=summary)
         for label, stage in STAGES:
             progress(label)
             stage(ctx)
@@ -170,18 +115,3 @@ def run_study(data: str | Path | None, config_path: str | Path | None, options: 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
-
-
-def run_guarded(ctx: RunContext, analysis_id: str, fn: Callable[[], None]) -> None:
-    """Run one analysis; an unexpected failure is recorded (report + summary.json) instead of ending the
-    run, and fails it under --strict."""
-    try:
-        fn()
-    except Exception as exc:  # noqa: BLE001 - recorded and shown, and fatal under --strict
-        message = f"{type(exc).__name__}: {exc}"
-        ctx.summary["failed"][analysis_id] = message
-        ctx.failed.append(f"{analysis_id} failed ({message})")
-        sec = ctx.report.section("failures", "Analyses that failed")
-        ctx.report.flag(sec, f"{analysis_id}: {message}")
-        if os.environ.get("BAYESNQP_DEBUG"):
-            traceback.print_exc()

@@ -97,8 +97,7 @@ class ReportBuilder:
             table.to_csv(base.with_suffix(".csv"))
             base.with_suffix(".md").write_text(table.to_markdown() + "\n", encoding="utf-8")
             base.with_suffix(".tex").write_text(table.to_latex() + "\n", encoding="utf-8")
-            body = table.to_html()
-            note = "\n".join(x for x in (table.note, note) if x)
+            body = table.to_html()  # carries its own note (standard errors, stars) in the footer
         links = " ".join(f'<a href="tables/{stem}{ext}">{ext[1:]}</a>' for ext in (".csv", ".md", ".tex"))
         note_html = "".join(f"<br>{html.escape(line)}" for line in note.splitlines() if line)
         section.blocks.append(Block("table", f'<figure class="table"><figcaption>{html.escape(caption)}'

@@ -1,0 +1,66 @@
+"""The state a run passes from stage to stage."""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..bayes.result import BayesResult
+from ..bayes.sampling import SamplerSettings
+from ..data.intake import StudyData
+from ..report.html import ReportBuilder
+from ..results import AnalysisResult, json_safe
+
+
+@dataclass
+class RunContext:
+    study: StudyData
+    settings: SamplerSettings
+    report: ReportBuilder
+    out: Path
+    summary: dict[str, Any]
+    oracles: dict[str, AnalysisResult] = field(default_factory=dict)
+    bayes: dict[str, BayesResult] = field(default_factory=dict)
+    flagged: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    def add_oracle(self, result: AnalysisResult) -> AnalysisResult:
+        self.oracles[result.id] = result
+        self.summary["analyses"][result.id] = result.summary()
+        return result
+
+    def add_bayes(self, result: BayesResult) -> BayesResult:
+        """Record a fit: netCDF under fits/, its block in summary.json, a flag if diagnostics say so."""
+        self.bayes[result.id] = result
+        result.save(self.out / "fits")
+        self.summary["analyses"][result.id] = result.summary_block()
+        if not result.diagnostics.ok:
+            self.flagged.append(f"{result.id}: {'; '.join(result.diagnostics.flags)}")
+        return result
+
+    def add_block(self, analysis_id: str, block: dict[str, Any]) -> None:
+        self.summary["analyses"][analysis_id] = json_safe(block)
+
+    def skip(self, analysis_id: str, reason: str, section=None) -> None:
+        self.summary["skipped"][analysis_id] = reason
+        if section is not None:
+            self.report.skip(section, reason)
+
+    def guarded(self, analysis_id: str, fn: Callable[[], Any], section=None) -> Any:
+        """Run one analysis. An unexpected failure is recorded in the report and summary.json (and
+        fails the run under --strict) instead of ending the whole study."""
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - recorded, shown, and fatal under --strict
+            message = f"{type(exc).__name__}: {exc}"
+            self.summary["failed"][analysis_id] = message
+            self.failed.append(f"{analysis_id} failed ({message})")
+            sec = section or self.report.section("failures", "Analyses that failed")
+            self.report.flag(sec, f"{analysis_id} failed: {message}")
+            if os.environ.get("BAYESNQP_DEBUG"):
+                traceback.print_exc()
+            return None
