@@ -25,6 +25,7 @@ from .results import json_safe
 from .stages.context import RunContext
 from .stages.data import stage_data
 from .stages.frequentist import stage_frequentist
+from .stages.spatial import stage_spatial_frequentist
 
 QUICK = {"draws": 300, "tune": 300, "chains": 2}
 
@@ -57,6 +58,7 @@ def default_out(study: StudyData) -> Path:
 STAGES: list[tuple[str, Stage]] = [
     ("data and measures", stage_data),
     ("frequentist oracles", stage_frequentist),
+    ("spatial oracles", stage_spatial_frequentist),
 ]
 
 
