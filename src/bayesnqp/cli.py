@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 import warnings
@@ -30,6 +31,8 @@ def _quiet_library_warnings() -> None:
     # user's business; warnings raised by our own analyses still show.
     warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
     warnings.filterwarnings("ignore", message=".*BLAS.*")
+    # PyMC logs every forward-sampling call at INFO; progress is ours to show.
+    logging.getLogger("pymc").setLevel(logging.WARNING)
 
 
 def _fail_input(exc: InputError) -> None:

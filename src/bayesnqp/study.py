@@ -24,6 +24,7 @@ from .report.html import ReportBuilder
 from .results import json_safe
 from .stages.context import RunContext
 from .stages.data import stage_data
+from .stages.bayesian import stage_agreement, stage_bayes_panel
 from .stages.frequentist import stage_frequentist
 from .stages.spatial import stage_spatial_frequentist
 
@@ -59,6 +60,8 @@ STAGES: list[tuple[str, Stage]] = [
     ("data and measures", stage_data),
     ("frequentist oracles", stage_frequentist),
     ("spatial oracles", stage_spatial_frequentist),
+    ("Bayesian panel models", stage_bayes_panel),
+    ("agreement", stage_agreement),
 ]
 
 
