@@ -297,6 +297,9 @@ def iv_diagnostics(data: pd.DataFrame, y: str, x: str, zs: list[str], controls: 
                                 n_minus_1=n - 1, crit=crit)
         out["ar_ci"] = ar["intervals"]
         out["ar_ci_kind"] = ar["kind"]
+        out["ar_ci_text"] = " U ".join(
+            f"{'(' if np.isinf(a) else '['}{a:.4g}, {b:.4g}{')' if np.isinf(b) else ']'}"
+            for a, b in ar["intervals"]) or "empty"
         out["ar_ci_level"] = 1 - alpha
     return out
 
@@ -330,7 +333,9 @@ def iv_2sls(frame: pd.DataFrame, outcome: str = names.NQP, treatment: str = name
         diag.update(first_stage_r2_within=float(fs._r2_within), formula=(
             f"{outcome} ~ {' + '.join(controls)} | city + year | {treatment} ~ "
             + ("distance x year dummies" if kind == "years" else "distance x (year - first year)")),
-            n_clusters=int(data[_CITY_ID].nunique()), df_t=float(fit._df_t))
+            n_clusters=int(data[_CITY_ID].nunique()), df_t=float(fit._df_t),
+            small_sample_factor=float(np.asarray(fit._ssc).ravel()[0]),
+            first_stage_small_sample_factor=float(np.asarray(fs._ssc).ravel()[0]))
         notes = (SE_LABELS[se], "instruments: distance/1000 x " + (
             "year dummies (first year omitted)" if kind == "years" else "(year - first year)"),
             "weak-IV and underidentification statistics partial out city and year effects and the controls; "

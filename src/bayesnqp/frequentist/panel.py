@@ -7,8 +7,9 @@ Every function takes a panel ``frame`` (sorted MultiIndex ``(city, year)``, colu
 Standard errors (``se``):
 
 - ``"cluster"`` (default): clustered by city, CRV1, small-sample factor G/(G-1) * (N-1)/(N-k) where k
-  counts the slopes and the fixed effects that are *not* nested in the city clusters (pyfixest's and
-  R fixest's default; city effects are nested, year effects are not). t tests use G-1 degrees of freedom.
+  counts the slopes, the intercept, and the fixed effects that are *not* nested in the city clusters
+  (pyfixest's and R fixest's default: city effects are nested and count only as the intercept they
+  absorb; the T-1 year dummies count). t tests use G-1 degrees of freedom.
 - ``"iid"``: classical OLS errors, k counts every slope and fixed effect (as Stata's ``areg``).
 - ``"hetero"``: HC1 with the same k.
 
@@ -106,16 +107,17 @@ def fe_names(city_fe: bool, year_fe: bool) -> tuple[str, ...]:
 
 
 def feols(fml: str, data: pd.DataFrame, vcov: Any, vcov_kwargs: dict[str, Any] | None = None) -> Any:
-    """pyfixest.feols, with its notice about collinear variables turned into an error.
+    """pyfixest.feols, with its warnings (collinear regressors dropped, singletons removed) as errors.
 
-    A silently dropped regressor would make a paper column lie about its specification.
+    A silently dropped regressor or observation would make a paper column lie about its specification.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         try:
             return pf.feols(fml, data=data, vcov=vcov, vcov_kwargs=vcov_kwargs)
         except UserWarning as exc:  # pragma: no cover - depends on the user's data
-            raise InputError([Problem("panel", f"regression '{fml}' is collinear: {exc}")]) from exc
+            msg = " ".join(str(exc).split())
+            raise InputError([Problem("panel", f"regression not estimable as specified: {msg}")]) from exc
 
 
 def tidy_to_coefs(fit: Any, rename: dict[str, str], terms: Sequence[str] | None = None) -> pd.DataFrame:

@@ -21,6 +21,10 @@ Estimation of the ML models (``method``):
 - ``"direct"``. City and year dummies (Elhorst 2003, spreg's ``Panel_FE_Lag`` / ``Panel_FE_Error``):
   Jacobian ``T log|I - rho W|``, ``sigma2 = SSR / (n T)``.
 
+Both concentrated likelihoods are multiples of ``-(n/2) log SSR(rho) + log|I - rho W|``, so rho and the
+slopes are identical under the two methods (Lee & Yu: the direct estimates of these are consistent); they
+differ in sigma2, hence in the standard errors and the log-likelihood (the Lee-Yu correction).
+
 ``log|I - rho W| = sum_i log(1 - rho lambda_i)`` from ``weights.eigenvalues``; rho (lambda) is searched
 only inside the admissible interval ``(1 / lambda_min, 1)`` (grid, then bounded Brent). Standard errors
 come from the analytic information matrix (Elhorst 2014; Lee & Yu 2010, eq. for the transformed model),
@@ -381,7 +385,11 @@ def effects_at(beta: np.ndarray, theta: np.ndarray, rho: np.ndarray, spec: _Spec
 def _effects_table(regressors: Sequence[str], beta: np.ndarray, theta: np.ndarray, rho: float, cov: np.ndarray,
                    spec: _Spectrum, bounds: tuple[float, float], draws: int,
                    rng: np.random.Generator) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Effects at the estimates with simulation standard errors; ``cov`` is that of (beta, theta, rho)."""
+    """Effects at the estimates with simulation standard errors; ``cov`` is that of (beta, theta, rho).
+
+    estimate: at the ML estimates; std_error: sd over the draws; p_value: two-sided normal on
+    estimate / std_error; ci: percentile interval of the draws.
+    """
     k = len(regressors)
     point = effects_at(beta, theta, np.asarray(rho), spec)
     mean = np.concatenate([beta, theta, [rho]])
@@ -606,7 +614,8 @@ def sdm_ml(frame: pd.DataFrame, outcome: str, treatment: str, controls: Sequence
                               coefs=coefs, n_obs=n * T, se_type=se_type, r2=_pseudo_r2(d.y, fit.resid),
                               fixed_effects=fe, key_term=treatment, dep_var=outcome,
                               notes=notes + _paper_note(weights) + (how,), extra=extra,
-                              tables={"effects": table}))
+                              tables={"effects": table, "vcov": pd.DataFrame(fit.V[np.ix_(idx, idx)], index=terms,
+                                                                             columns=terms)}))
     sdm_loglik = fit.loglik
 
     # ---- SAR
