@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
-import pytest
+import os
 
-from bayesnqp import names
+# Two shared cores: threaded BLAS oversubscribes them. Must be set before numpy is first imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from bayesnqp import names  # noqa: E402
 
 
 def raw_panel(n_cities: int = 12, years: range = range(2015, 2020), seed: int = 7,
