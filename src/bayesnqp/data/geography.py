@@ -1,7 +1,8 @@
 """The bundled geography of the 280 cities: seats, distance to Hangzhou, contiguity, boundaries.
 
 Built by data/geography/build_geography.py (see data/geography/SOURCES.md for the selection rule and
-the islands). Everything is keyed by the 6-digit adcode as a string.
+the islands). Everything is keyed by the 6-digit adcode as a string. Seats (``lon``, ``lat``) and
+boundaries are WGS84; ``dist_hangzhou_km`` is seat to seat, the input of the instrument.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ hangzhou_adcode = "330100"
 CITIES_FILE = "cities.csv"
 GAL_FILE = "contiguity.gal"
 BOUNDARIES_FILE = "boundaries.geojson"
+PROVINCES_FILE = "provinces.geojson"
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,3 +64,11 @@ def load_boundaries(folder: str | Path | None = None) -> dict:
     data = json.loads((_folder(folder) / BOUNDARIES_FILE).read_text(encoding="utf-8"))
     geoms = {str(f["properties"]["adcode"]): shape(f["geometry"]) for f in data["features"]}
     return dict(sorted(geoms.items()))
+
+
+def load_provinces(folder: str | Path | None = None) -> dict:
+    """Coarse outlines of China's 34 province-level units (a map backdrop only), ``{adcode: geometry}``."""
+    from shapely.geometry import shape
+
+    data = json.loads((_folder(folder) / PROVINCES_FILE).read_text(encoding="utf-8"))
+    return {str(f["properties"]["adcode"]): shape(f["geometry"]) for f in data["features"]}

@@ -143,7 +143,8 @@ body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1100px;
 h1{margin-top:.6em} h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}
 nav ol{columns:2;font-size:.95em} table{border-collapse:collapse;font-size:.9em;margin:.4em 0}
 table.data td,table.data th,table.paper td,table.paper th{padding:.2em .6em;border-bottom:1px solid #eee;text-align:right}
-table.data th:first-child,table.paper td:first-child{text-align:left}
+table.data th:first-child,table.paper td:first-child,table.paper tbody th{text-align:left}
+.table{overflow-x:auto}
 figure{margin:1.2em 0} figcaption{font-weight:600;margin-bottom:.3em} img{max-width:100%}
 .note{font-size:.85em;color:#555} .skip{color:#666;font-style:italic} .flag{color:#8a4b00;background:#fff4e0;padding:.3em .6em;border-left:4px solid #e89b00}
 dl.meta{display:grid;grid-template-columns:max-content auto;gap:.2em 1em;font-size:.9em} dl.meta dt{font-weight:600}

@@ -1,7 +1,9 @@
 """Choropleth maps of the 280 cities drawn from the bundled boundaries (matplotlib only, Agg backend).
 
-Each city is one compound path (all its polygons, holes included), so a map has exactly one patch per
-city; cities without a value are drawn in light grey and named in the legend as "no value".
+Each city is one compound path (all its polygons, holes included) in one collection (gid ``cities``), so
+a map has exactly one patch per city; cities without a value are light grey and named in the legend as
+"no value". Under them, in a paler grey, lie China's province-level units (areas outside the sample),
+and province borders are drawn on top so a reader can find their way.
 """
 
 from __future__ import annotations
@@ -21,9 +23,14 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.path import Path  # noqa: E402
 
-from ..data.geography import load_boundaries  # noqa: E402
+from ..data.geography import load_boundaries, load_provinces  # noqa: E402
 
-MISSING_COLOUR = "#dcdcdc"
+MISSING_COLOUR = "#b4b4b4"
+BACKDROP_COLOUR = "#ebebeb"
+PROVINCE_EDGE = "#7f7f7f"
+# Longitude / latitude window: mainland China, Hainan and Taiwan (the far South China Sea islands fall
+# outside; none of them is in the sample).
+_EXTENT = (73.0, 135.5, 17.5, 54.0)
 EDGE_COLOUR = "#ffffff"
 CI_LABEL = "94% interval width"
 # Degrees of longitude shrink with cos(latitude); at China's middle latitude (~33 N) this aspect makes a
@@ -49,6 +56,7 @@ def _city_path(geom) -> Path:
 
 
 _PATHS: dict[str, Path] | None = None
+_PROVINCE_PATHS: list[Path] | None = None
 
 
 def _paths() -> dict[str, Path]:
@@ -56,6 +64,13 @@ def _paths() -> dict[str, Path]:
     if _PATHS is None:
         _PATHS = {code: _city_path(g) for code, g in load_boundaries().items()}
     return _PATHS
+
+
+def _province_paths() -> list[Path]:
+    global _PROVINCE_PATHS
+    if _PROVINCE_PATHS is None:
+        _PROVINCE_PATHS = [_city_path(g) for g in load_provinces().values()]
+    return _PROVINCE_PATHS
 
 
 def choropleth(values: pd.Series, title: str, *, label: str, cmap: str = "viridis", diverging: bool = False,
@@ -95,15 +110,16 @@ def choropleth(values: pd.Series, title: str, *, label: str, cmap: str = "viridi
 
     face = np.tile(matplotlib.colors.to_rgba(MISSING_COLOUR), (len(codes), 1))
     face[have] = colours(norm(finite))
+    provinces = _province_paths()
+    ax.add_collection(PathCollection(provinces, facecolors=BACKDROP_COLOUR, edgecolors="none", zorder=1))
     coll = PathCollection([paths[c] for c in codes], facecolors=face, edgecolors=EDGE_COLOUR,
-                          linewidths=0.25)
+                          linewidths=0.25, zorder=2)
+    coll.set_gid("cities")
     ax.add_collection(coll)
-    bounds = np.array([p.get_extents().bounds for p in paths.values()])
-    x0, y0 = bounds[:, 0].min(), bounds[:, 1].min()
-    x1, y1 = (bounds[:, 0] + bounds[:, 2]).max(), (bounds[:, 1] + bounds[:, 3]).max()
-    pad = 0.5
-    ax.set_xlim(x0 - pad, x1 + pad)
-    ax.set_ylim(y0 - pad, y1 + pad)
+    ax.add_collection(PathCollection(provinces, facecolors="none", edgecolors=PROVINCE_EDGE,
+                                     linewidths=0.45, zorder=3))
+    ax.set_xlim(_EXTENT[0], _EXTENT[1])
+    ax.set_ylim(_EXTENT[2], _EXTENT[3])
     ax.set_aspect(_ASPECT)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -120,7 +136,7 @@ def choropleth(values: pd.Series, title: str, *, label: str, cmap: str = "viridi
                          label=f"no value ({n_missing} {'city' if n_missing == 1 else 'cities'})")]
         ax.legend(handles=handles, loc="lower left", frameon=False, fontsize="small")
     ax.text(0.99, 0.01, f"{int(have.sum())} of {len(codes)} prefecture-level cities shown;\n"
-            "blank: areas outside the sample",
+            "pale grey: outside the sample; lines: province borders",
             transform=ax.transAxes, ha="right", va="bottom", fontsize="x-small", color="#555555")
     return fig
 

@@ -24,7 +24,7 @@ def stage_data(ctx: RunContext) -> None:
         w = study.weights
         lo, hi = w.rho_bounds
         lines.append(f"Spatial weights: {study.weights_source}; {w.n} regions, {len(w.edges)} edges, "
-                     f"{w.n_components} connected component(s), islands: {', '.join(w.islands) or 'none'}. "
+                     f"{w.n_components} connected component(s), islands: {', '.join(f'{study.city_names.get(c, c)} ({c})' for c in w.islands) or 'none'}. "
                      f"Row-standardised W (an island keeps a zero row: no spillover in or out); admissible "
                      f"rho in ({lo:.4f}, {hi:.0f}).")
     ctx.report.text(sec, "\n\n".join(lines))
