@@ -37,7 +37,7 @@ import scipy.sparse as sp
 from scipy import stats
 
 from .data.weights import SpatialWeights
-from .measures import entropy_index, location_quotient
+from .measures import entropy_index, entropy_weights, location_quotient
 from .names import (
     AGGLOMERATION,
     CITY,
@@ -58,7 +58,6 @@ from .names import (
 GENERATOR_VERSION = "1.0.0"
 DEFAULT_SEED = 20130101
 YEARS: tuple[int, ...] = tuple(range(2013, 2023))
-HANGZHOU_LONLAT = (120.2098, 30.2469)  # city seat (cpca), as the geography uses
 
 # Paper, Table 2 (N = 2,800): mean, sd, min, max.
 TABLE2: dict[str, tuple[float, float, float, float]] = {
@@ -76,7 +75,7 @@ PAPER_TWFE = (0.0100, 0.0010)  # Table 3 column (4): estimate, SE
 # Large non-capital cities (sub-provincial cities and the biggest prefecture economies): a development bonus.
 MAJOR_CITIES: tuple[str, ...] = ("440300", "330200", "350200", "370200", "210200", "320500", "320200",
                                  "441900", "440600")
-# The four first-tier cities (Beijing, Shanghai, Guangzhou, Shenzhen): a separate NQP level multiplier.
+# The four first-tier cities (Beijing, Shanghai, Guangzhou, Shenzhen): fixed NQP city levels (mu_tier1).
 TIER1_CITIES: tuple[str, ...] = ("110000", "310000", "440100", "440300")
 
 # ---------------------------------------------------------------------------------------------------
@@ -92,17 +91,17 @@ PARAMS: dict[str, Any] = {
     "digital_share": {
         "national_2013": 0.018, "national_2022": 0.031,
         "d_slope": 0.62, "city_sd": 0.35, "field_slope": 0.15,
-        "gamma_distance_year": -0.035,  # d log share / d year per sd of distance to Hangzhou
+        "gamma_distance_year": -0.055,  # d log share / d year per sd of distance to Hangzhou
         "trend_sd": 0.02, "ar_phi": 0.5, "shock_sd": 0.13,
     },
     "controls": {
-        "develop": {"log_median": np.log(4.6), "d_slope": 0.40, "city_sd": 0.18, "growth": 0.055,
+        "develop": {"log_median": np.log(4.9), "d_slope": 0.50, "city_sd": 0.18, "growth": 0.055,
                     "shock_sd": 0.05},
-        "unemployed": {"log_median": np.log(0.0072), "d_slope": -0.15, "city_sd": 0.65, "shock_sd": 0.35,
+        "unemployed": {"log_median": np.log(0.0068), "d_slope": -0.15, "city_sd": 0.75, "shock_sd": 0.35,
                        "max": 0.2548},
         "finance": {"log_median": np.log(0.95), "d_slope": 0.22, "city_sd": 0.38, "growth": 0.02,
                     "shock_sd": 0.12},
-        "human": {"log_median": np.log(3.7), "d_slope": 0.85, "city_sd": 0.55, "capital_bonus": 1.0,
+        "human": {"log_median": np.log(4.4), "d_slope": 0.85, "city_sd": 0.55, "capital_bonus": 1.0,
                   "growth": 0.02, "shock_sd": 0.05, "max": 120.0},
         "traffic": {"log_median": np.log(0.040), "d_slope": 0.15, "city_sd": 0.55, "growth": 0.02,
                     "shock_sd": 0.08},
@@ -124,7 +123,7 @@ PARAMS: dict[str, Any] = {
     # Slope heterogeneity: b_i = b * exp(sum_s h_s z_si) / mean_i(...), z_si the standardised city mean of
     # splitter s with gov_dominance sign-reversed, so "high" groups (low gov_dominance) have larger slopes.
     "heterogeneity": {"digital_support": 0.12, "nqp_emphasis": 0.12, "marketization": 0.12,
-                      "market_integration": 0.12, "gov_dominance": 0.12},
+                      "market_integration": 0.20, "gov_dominance": 0.12},
     "mechanisms": {
         # eta_k = a_k * LQ + sum_c s_kc * std(control_c) + d_slope * d + city noise + trend * (t - 2017.5) + noise
         "inno": {"a": 0.60, "d_slope": 0.6, "city_sd": 0.5, "trend": 0.08, "noise_sd": 0.45,
@@ -136,48 +135,49 @@ PARAMS: dict[str, Any] = {
     },
     # indicator = exp(intercept + loading * eta + noise) (log link), or Poisson(exp(intercept + loading * eta)).
     "measurement": {
-        "inno_rd_staff": {"link": "log", "intercept": np.log(0.9), "loading": 0.9, "noise_sd": 0.25,
+        "inno_rd_staff": {"link": "log", "intercept": np.log(0.9), "loading": 0.6, "noise_sd": 0.25,
                           "unit": "10k persons"},
-        "inno_patents_pc": {"link": "log", "intercept": np.log(18.0), "loading": 0.8, "noise_sd": 0.25,
+        "inno_patents_pc": {"link": "log", "intercept": np.log(20.0), "loading": 0.5, "noise_sd": 0.25,
                             "unit": "applications per 10k residents"},
-        "factor_exchanges": {"link": "poisson", "intercept": -2.3, "loading": 1.0, "unit": "count"},
-        "factor_pilots": {"link": "poisson", "intercept": 0.0, "loading": 0.75, "unit": "count"},
+        "factor_exchanges": {"link": "poisson", "intercept": -1.9, "loading": 0.55, "unit": "count"},
+        "factor_pilots": {"link": "poisson", "intercept": 0.4, "loading": 0.5, "unit": "count"},
         "industry_tertiary_ratio": {"link": "log", "intercept": np.log(0.95), "loading": 0.25,
                                     "noise_sd": 0.08, "unit": "ratio"},
         "industry_productivity": {"link": "log", "intercept": np.log(11.0), "loading": 0.35,
                                   "noise_sd": 0.08, "unit": "10k yuan per worker"},
     },
     "nqp": {
-        "rho": -0.20, "b": 0.0045, "theta": -0.0045,
+        "rho": -0.20, "b": 0.0031, "theta": -0.0031,
         "g": {"develop": 0.0010, "unemployed": -0.050, "finance": 0.0015, "human": 0.00020,
               "traffic": 0.010, "support": 0.040},
-        "b_k": {"inno": 0.0017, "factor": 0.0014, "industry": 0.0011},
-        "mu_scale": 0.010, "mu_d_slope": 0.80, "mu_noise_sd": 0.25, "mu_tier1": {"110000": 0.22, "310000": 0.17, "440300": 0.14, "440100": 0.11}, "mu_tier1_noise_sd": 0.05,
+        "b_k": {"inno": 0.0014, "factor": 0.0011, "industry": 0.0009},
+        "mu_scale": 0.008, "mu_d_slope": 1.0, "mu_noise_sd": 0.25,
+        "mu_tier1": {"110000": 0.16, "310000": 0.125, "440300": 0.10, "440100": 0.08}, "mu_tier1_noise_sd": 0.05,
         "nu_2013": 0.0, "nu_2022": 0.012, "year_shock_sd": 0.0006,
-        "e_sd": 0.0035,
+        "e_sd": 0.002,
     },
     "indicators": {
         # Each indicator: x = base + scale * (softplus_h(y + offset) ^ power) * exp(m_ij + eps_ijt), or a
         # saturating rate 100 * (1 - exp(-(r0 + r1 * softplus(...)) * exp(m + eps))); city-indicator
         # effects m_ij ~ N(0, city_sd) make different cities lead different indicators.
-        "softplus_h": 0.003, "offset": 0.0,
+        "softplus_h": 0.003, "offset": 0.015,
         "spec": {
-            "emerging_industry_staff": {"kind": "count", "scale": 6.0e5, "power": 1.3, "city_sd": 0.585, "noise_sd": 0.4},
-            "research_staff": {"kind": "level", "base": 0.05, "scale": 60.0, "power": 1.1, "city_sd": 0.455, "noise_sd": 0.24},
-            "avg_wage": {"kind": "level", "base": 38000.0, "scale": 3.2e5, "power": 0.9, "city_sd": 0.156, "noise_sd": 0.08},
-            "consumption_pc": {"kind": "level", "base": 11000.0, "scale": 1.2e5, "power": 0.9, "city_sd": 0.156, "noise_sd": 0.08},
-            "telecom_volume": {"kind": "level", "base": 5.0, "scale": 3000.0, "power": 1.1, "city_sd": 0.455, "noise_sd": 0.24},
-            "ai_firm_share": {"kind": "rate", "r0": 0.002, "r1": 0.35, "city_sd": 0.455, "noise_sd": 0.24},
-            "robot_density": {"kind": "level", "base": 3.0, "scale": 1500.0, "power": 1.1, "city_sd": 0.52, "noise_sd": 0.24},
-            "pollution_investment": {"kind": "level", "base": 0.5, "scale": 600.0, "power": 1.1, "city_sd": 0.585, "noise_sd": 0.4},
-            "waste_treatment_rate": {"kind": "rate", "r0": 2.0, "r1": 150.0, "city_sd": 0.26, "noise_sd": 0.32},
-            "emission_trading": {"kind": "level", "base": 0.0, "scale": 250.0, "power": 1.4, "city_sd": 0.78, "noise_sd": 0.56},
-            "green_invention_patents": {"kind": "count", "scale": 1.1e5, "power": 1.3, "city_sd": 0.585, "noise_sd": 0.32},
-            "green_utility_patents": {"kind": "count", "scale": 1.6e5, "power": 1.2, "city_sd": 0.52, "noise_sd": 0.32},
-            "broadband_users": {"kind": "level", "base": 10.0, "scale": 2500.0, "power": 1.0, "city_sd": 0.39, "noise_sd": 0.16},
-            "internet_penetration": {"kind": "rate", "r0": 0.25, "r1": 12.0, "city_sd": 0.195, "noise_sd": 0.128},
-            "gov_science_spending": {"kind": "level", "base": 0.2, "scale": 900.0, "power": 1.2, "city_sd": 0.52, "noise_sd": 0.24},
-            "gov_education_spending": {"kind": "level", "base": 8.0, "scale": 1500.0, "power": 1.0, "city_sd": 0.325, "noise_sd": 0.128},
+            "emerging_industry_staff": {"kind": "count", "scale": 6.0e5, "power": 1.85, "city_sd": 1.228, "noise_sd": 0.092},
+            "research_staff": {"kind": "level", "base": 0.05, "scale": 180.0, "power": 1.65, "city_sd": 0.956, "noise_sd": 0.0552},
+            "avg_wage": {"kind": "level", "base": 38000.0, "scale": 1.6e5, "power": 0.6, "city_sd": 0.328, "noise_sd": 0.0184},
+            "consumption_pc": {"kind": "level", "base": 9000.0, "scale": 6.0e4, "power": 0.6, "city_sd": 0.328, "noise_sd": 0.0184},
+            "telecom_volume": {"kind": "level", "base": 5.0, "scale": 3000.0, "power": 1.65, "city_sd": 0.956, "noise_sd": 0.0552},
+            "ai_firm_share": {"kind": "rate", "r0": 0.002, "r1": 0.35, "city_sd": 0.956, "noise_sd": 0.0552},
+            "robot_density": {"kind": "level", "base": 3.0, "scale": 3000.0, "power": 1.65, "city_sd": 1.092, "noise_sd": 0.0552},
+            "pollution_investment": {"kind": "level", "base": 0.5, "scale": 600.0, "power": 1.65, "city_sd": 1.228, "noise_sd": 0.092},
+            "waste_treatment_rate": {"kind": "rate", "r0": 2.0, "r1": 150.0, "city_sd": 0.546, "noise_sd": 0.0736},
+            "emission_trading": {"kind": "level", "base": 0.0, "scale": 250.0, "power": 1.95, "city_sd": 1.638, "noise_sd": 0.1288},
+            "green_invention_patents": {"kind": "count", "scale": 1.1e5, "power": 1.85, "city_sd": 1.228, "noise_sd": 0.0736},
+            "green_utility_patents": {"kind": "count", "scale": 1.6e5, "power": 1.75, "city_sd": 1.092, "noise_sd": 0.0736},
+            "broadband_users": {"kind": "level", "base": 10.0, "scale": 2500.0, "power": 1.55, "city_sd": 0.819, "noise_sd": 0.0368},
+            "internet_penetration": {"kind": "rate", "r0": 0.25, "r1": 12.0, "city_sd": 0.41, "noise_sd": 0.0294},
+            "gov_science_spending": {"kind": "level", "base": 0.2, "scale": 900.0, "power": 1.75, "city_sd": 1.092, "noise_sd": 0.0552},
+            "gov_education_spending": {"kind": "level", "base": 8.0, "scale": 3000.0, "power": 1.55, "city_sd": 0.683, "noise_sd": 0.0294},
         },
     },
 }
@@ -189,6 +189,9 @@ class DemoData:
 
     panel: pd.DataFrame
     truth: dict = field(repr=False)
+    # Latent draws, (city, year) arrays in panel order: y (latent NQP), eta_<k>, plus mu (city), nu (year),
+    # slope (city-specific agglomeration slope b_i). Not written to disk; for recovery checks.
+    latent: dict = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -229,6 +232,28 @@ def _softplus(x: np.ndarray, h: float) -> np.ndarray:
     return h * np.logaddexp(0.0, x / h)
 
 
+def _indicators(y: np.ndarray, noise: dict[str, np.ndarray], rounded: bool) -> dict[str, np.ndarray]:
+    """The 16 raw indicators as positive, monotone functions of y with the given multiplicative noise.
+
+    ``rounded=False`` skips the reporting rounding (counts, rates), for derivatives of the index in y.
+    """
+    pi = PARAMS["indicators"]
+    pos = _softplus(y + pi["offset"], pi["softplus_h"])
+    out: dict[str, np.ndarray] = {}
+    for name in NQP_INDICATOR_NAMES:
+        spec = pi["spec"][name]
+        if spec["kind"] == "rate":
+            # reported to two decimals, as yearbooks do; saturates at exactly 100
+            x = 100.0 * (1.0 - np.exp(-(spec["r0"] + spec["r1"] * pos) * noise[name]))
+            out[name] = np.round(x, 2) if rounded else x
+        elif spec["kind"] == "count":
+            x = spec["scale"] * pos ** spec["power"] * noise[name]
+            out[name] = np.round(x) if rounded else x
+        else:
+            out[name] = spec["base"] + spec["scale"] * pos ** spec["power"] * noise[name]
+    return out
+
+
 def _two_way_demean(a: np.ndarray) -> np.ndarray:
     """Within transformation of an (n, T, ...) balanced array over city and year."""
     return a - a.mean(axis=1, keepdims=True) - a.mean(axis=0, keepdims=True) + a.mean(axis=(0, 1), keepdims=True)
@@ -237,7 +262,8 @@ def _two_way_demean(a: np.ndarray) -> np.ndarray:
 def twfe(y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Two-way FE slopes and city-clustered (CRV1) SEs for a balanced (n, T) outcome and (n, T, k) regressors.
 
-    Small-sample factor as pyfixest's default: G/(G-1) * (N-1)/(N-k), k the number of slopes.
+    Small-sample factor as pyfixest's default: G/(G-1) * (N-1)/(N-k-T) (the city effects are nested in
+    the clusters and not counted; the T year effects are).
     """
     n, t, k = x.shape
     yt = _two_way_demean(y).reshape(-1)
@@ -247,7 +273,8 @@ def twfe(y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     resid = (yt - xt @ beta).reshape(n, t)
     scores = np.einsum("itk,it->ik", xt.reshape(n, t, k), resid)
     meat = scores.T @ scores
-    adj = n / (n - 1) * (n * t - 1) / (n * t - k)
+    # pyfixest counts the year effects (not nested in the city clusters) among the parameters
+    adj = n / (n - 1) * (n * t - 1) / (n * t - k - t)
     vcov = adj * bread @ meat @ bread
     return beta, np.sqrt(np.diag(vcov))
 
@@ -400,17 +427,10 @@ def generate_demo(seed: int = DEFAULT_SEED, geography: Any = None) -> DemoData:
 
     # ---- 6. the 16 indicators from y ------------------------------------------------------------
     pi = p["indicators"]
-    pos = _softplus(y + pi["offset"], pi["softplus_h"])
-    raw: dict[str, np.ndarray] = {}
-    for name in NQP_INDICATOR_NAMES:
-        spec = pi["spec"][name]
-        noise = np.exp(spec["city_sd"] * rng.standard_normal((n, 1)) + spec["noise_sd"] * rng.standard_normal((n, t_len)))
-        if spec["kind"] == "rate":
-            raw[name] = np.minimum(100.0 * (1.0 - np.exp(-(spec["r0"] + spec["r1"] * pos) * noise)), 100.0)
-        elif spec["kind"] == "count":
-            raw[name] = np.round(spec["scale"] * pos ** spec["power"] * noise)
-        else:
-            raw[name] = spec["base"] + spec["scale"] * pos ** spec["power"] * noise
+    noise = {name: np.exp(pi["spec"][name]["city_sd"] * rng.standard_normal((n, 1))
+                          + pi["spec"][name]["noise_sd"] * rng.standard_normal((n, t_len)))
+             for name in NQP_INDICATOR_NAMES}
+    raw = _indicators(y, noise, rounded=True)
 
     # ---- assemble -------------------------------------------------------------------------------
     def flat(a: np.ndarray) -> np.ndarray:
@@ -436,18 +456,10 @@ def generate_demo(seed: int = DEFAULT_SEED, geography: Any = None) -> DemoData:
     cols[DIST_HANGZHOU] = np.repeat(dist, t_len)
     panel = pd.DataFrame(cols)
 
-    if os.environ.get("BAYESNQP_DEMO_DEBUG"):
-        print("mu top", dict(zip(np.array(ids)[np.argsort(-mu)[:6]], np.sort(mu)[::-1][:6].round(4))))
-        print("y top", dict(zip(np.array(ids)[np.argsort(-y.mean(1))[:6]], np.sort(y.mean(1))[::-1][:6].round(4))))
-        i = list(ids).index("310000")
-        print("slope_mult sd/min/max", slope_mult.std().round(3), slope_mult.min().round(3), slope_mult.max().round(3))
-        print("SH z", z[i].round(3), "slope", slope_i[i], "lq", lq_arr[i].round(2), "wlq", w_lq[i].round(2), "mu", mu[i])
-        print("SH ctrl", {c: (pn["g"][c] * (controls[c][i] - controls[c].mean())).round(3).tolist()[:2] for c in pn["g"]})
-        print("SH eta", {k: (bk * (eta[k][i] - eta[k].mean())).round(3).tolist()[:2] for k, bk in pn["b_k"].items()})
-        print("d top", dict(zip(np.array(ids)[np.argsort(-d)[:6]], np.sort(d)[::-1][:6].round(2))))
-    latent = {"y": y, "lq": lq_arr, "eta": eta, "slope_mult": slope_mult, "mu": mu, "nu": nu, "d": d}
+    latent = {"y": y, "noise": noise, "w": wd, "slope_i": slope_i, "lq": lq_arr, "eta": eta, "slope_mult": slope_mult, "mu": mu, "nu": nu, "d": d}
     truth = _truth(seed, panel, latent, geo)
-    return DemoData(panel=panel, truth=truth)
+    public = {"y": y, **{f"eta_{k}": v for k, v in eta.items()}, "mu": mu, "nu": nu, "slope": slope_i}
+    return DemoData(panel=panel, truth=truth, latent=public)
 
 
 def _jsonable(x: Any) -> Any:
@@ -487,12 +499,56 @@ def calibration(panel: pd.DataFrame) -> dict[str, Any]:
         "table2": table2,
         "table2_paper": {k: dict(zip(("mean", "sd", "min", "max"), v)) for k, v in TABLE2.items()},
         "twfe": {"formula": "nqp ~ agglomeration + " + " + ".join(CONTROLS) + " | city + year",
-                 "vcov": "CRV1 by city, small-sample factor G/(G-1) (N-1)/(N-k)",
+                 "vcov": "CRV1 by city, small-sample factor G/(G-1) (N-1)/(N-k-T)",
                  "estimate": float(beta[0]), "se": float(se[0]), "t": float(beta[0] / se[0]),
                  "controls": {c: {"estimate": float(b), "se": float(s)}
                               for c, b, s in zip(CONTROLS, beta[1:], se[1:])},
                  "paper": {"estimate": PAPER_TWFE[0], "se": PAPER_TWFE[1]}},
     }
+
+
+def _index_effects(panel: pd.DataFrame, latent: dict) -> dict[str, Any]:
+    """Marginal effects of agglomeration on the computed index (LeSage-Pace direct / indirect / total).
+
+    The index is a fixed linear map of the raw indicators (weights, minima and ranges of this panel), and
+    each raw indicator a function of its own city-year's y, so d index_it / d y_it = f'_it (numerical,
+    noise held fixed, reporting rounding skipped). An LQ change dx moves y by S dx with
+    S = (I - rho W)^-1 (diag(b_i + sum_k b_k a_k) + theta W); the effects are averages over city-years of
+    the diagonal (direct) and of the row sums (total) of diag(f'_t) S.
+    """
+    frame = panel[list(NQP_INDICATOR_NAMES)].to_numpy(dtype=float)
+    weights, _ = entropy_weights(frame)
+    lo, span = frame.min(axis=0), frame.max(axis=0) - frame.min(axis=0)
+    y = latent["y"]
+
+    def index_of(yy: np.ndarray) -> np.ndarray:
+        raw = _indicators(yy, latent["noise"], rounded=False)
+        return sum(w * (raw[c] - l) / s_ for c, w, l, s_ in zip(NQP_INDICATOR_NAMES, weights, lo, span))
+
+    eps = 1e-7
+    fprime = (index_of(y + eps) - index_of(y - eps)) / (2 * eps)
+    pn, mech = PARAMS["nqp"], PARAMS["mechanisms"]
+    mediated = sum(pn["b_k"][k] * mech[k]["a"] for k in mech)
+    n = y.shape[0]
+    inv = np.linalg.inv(np.eye(n) - pn["rho"] * latent["w"])
+    out: dict[str, Any] = {}
+    for label, local in (("total_path", latent["slope_i"] + mediated), ("excluding_mediators", latent["slope_i"])):
+        s_mat = inv @ (np.diag(local) + pn["theta"] * latent["w"])
+        direct = float(np.mean(fprime * np.diag(s_mat)[:, None]))
+        total = float(np.mean(fprime * s_mat.sum(axis=1)[:, None]))
+        out[label] = {"direct": direct, "indirect": total - direct, "total": total}
+    # the same, weighted as a within (FE) estimator weights city-years: by the squared two-way demeaned LQ
+    vw = _two_way_demean(latent["lq"]) ** 2
+    vw = vw / vw.sum()
+    s_mat = inv @ (np.diag(latent["slope_i"] + mediated) + pn["theta"] * latent["w"])
+    out["fe_weighted_total_path"] = {"direct": float(np.sum(vw * fprime * np.diag(s_mat)[:, None])),
+                                     "total": float(np.sum(vw * fprime * s_mat.sum(axis=1)[:, None]))}
+    out["fe_weighted_local_slope_plus_mediated_index"] = float(np.sum(vw * fprime * (latent["slope_i"] + mediated)[:, None]))
+    out["mean_dindex_dy"] = float(fprime.mean())
+    out["local_slope_index"] = float(np.mean(fprime * latent["slope_i"][:, None]))
+    out["local_slope_plus_mediated_index"] = float(np.mean(fprime * (latent["slope_i"] + mediated)[:, None]))
+    out["theta_index"] = float(np.mean(fprime) * pn["theta"])
+    return out
 
 
 def _truth(seed: int, panel: pd.DataFrame, latent: dict, geo: _Geo) -> dict[str, Any]:
@@ -545,14 +601,16 @@ def _truth(seed: int, panel: pd.DataFrame, latent: dict, geo: _Geo) -> dict[str,
             "total_local_effect_index": (pn["b"] + indirect_mech) * slope,
             "rho": pn["rho"],
         },
+        "index_effects": _index_effects(panel, latent),
         "calibration": calibration(panel),
     }
     return _jsonable(truth)
 
 
 _DESCRIPTIONS: dict[str, str] = {
-    "development": "city development latent d (standardised): w_east*z(lon) - w_hangzhou*z(dist) + w_field*SAR(lambda) "
-                   "+ bonuses for provincial capitals, municipalities and MAJOR_CITIES + noise",
+    "development": "city development latent d: w_east*z(lon) - w_hangzhou*z(dist) + w_field*SAR(sar_lambda) "
+                   "+ bonuses for provincial capitals, municipalities, MAJOR_CITIES, TIER1_CITIES + noise; "
+                   "standardised, then soft-capped: cap*tanh(z/cap)",
     "employment": "log total employment (10k persons) = log_median + d_slope*d + city noise + growth*(t-2017.5) + shock",
     "digital_share": "log digital share = log national_t + d_slope*d + city noise + field_slope*SAR + "
                      "(gamma_distance_year*z(dist) + trend noise)*(t-2017.5) + AR(1) shock; LQ computed by eq. 3",
@@ -563,7 +621,9 @@ _DESCRIPTIONS: dict[str, str] = {
     "heterogeneity": "b_i = b * exp(sum_s h_s z_s(city mean of splitter s), gov_dominance reversed), renormalised to mean 1",
     "mechanisms": "eta_k = a*LQ + d_slope*d + city noise + trend*(t-2017.5) + sum s_c * z(control_c) + noise",
     "measurement": "log link: x = exp(intercept + loading*eta + noise); poisson: x ~ Poisson(exp(intercept + loading*eta))",
-    "nqp": "SDM for latent y; mu_i = mu_scale*exp(mu_d_slope*d + noise); nu_t linear + shocks; regressors centred",
+    "nqp": "SDM for latent y (rho, b = mean of b_i, theta, g, b_k); mu_i = mu_scale*exp(mu_d_slope*d + noise), "
+           "first-tier cities mu_tier1*exp(small noise); nu_t linear from nu_2013 to nu_2022 + shocks; e ~ N(0, e_sd); "
+           "regressors centred at their panel means",
     "indicators": "x = base + scale*softplus_h(y+offset)^power*exp(m_ij + eps); rates 100*(1-exp(-(r0+r1*softplus)*exp(m+eps))); "
                   "counts rounded",
 }
@@ -574,9 +634,13 @@ def write_demo(path: Path, seed: int = DEFAULT_SEED, geography: Any = None) -> N
     path = Path(path)
     demo = generate_demo(seed=seed, geography=geography)
     path.parent.mkdir(parents=True, exist_ok=True)
-    csv_frame = demo.panel.drop(columns=["province"])
-    _atomic_write(path, csv_frame.to_csv(index=False, float_format="%.8g", lineterminator="\n"))
+    _atomic_write(path, csv_text(demo.panel))
     _atomic_write(path.with_name("truth.json"), json.dumps(demo.truth, indent=2, ensure_ascii=False) + "\n")
+
+
+def csv_text(panel: pd.DataFrame) -> str:
+    """The CSV form of a demo panel (no province column; 8 significant digits)."""
+    return panel.drop(columns=["province"]).to_csv(index=False, float_format="%.8g", lineterminator="\n")
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -584,6 +648,7 @@ def _atomic_write(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a bundled data file is world-readable
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -93,7 +93,8 @@ def _is_synthetic(path: Path) -> bool:
     truth = path.with_name("truth.json")
     if truth.is_file():
         try:
-            return bool(json.loads(truth.read_text(encoding="utf-8")).get("synthetic", False))
+            meta = json.loads(truth.read_text(encoding="utf-8"))
+            return bool(meta.get("synthetic")) or meta.get("banner") == names.SYNTHETIC_BANNER
         except (json.JSONDecodeError, UnicodeDecodeError):
             return False
     return False
