@@ -99,7 +99,8 @@ def run_study(data: str | Path | None, config_path: str | Path | None, options: 
     try:
         (staging / "fits").mkdir(parents=True)
         report = ReportBuilder(staging, title=title, synthetic=study.synthetic, meta=meta)
-        ctx = RunContext(study=study, settings=settings, report=report, out=staging, summary=summary)
+        ctx = RunContext(study=study, settings=settings, report=report, out=staging, summary=summary,
+                         progress=progress)
         for label, stage in STAGES:
             progress(label)
             stage(ctx)

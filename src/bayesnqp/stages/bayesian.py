@@ -94,3 +94,23 @@ def _canonical(frame: pd.DataFrame, roles) -> pd.DataFrame:
     from .. import names
 
     return frame.rename(columns={roles.outcome: names.NQP, roles.treatment: names.AGGLOMERATION})
+
+
+def stage_bayes_mediation(ctx: RunContext) -> None:
+    from ..bayes.mediation import fit_mediation
+
+    study = ctx.study
+    r = study.roles
+    sec = ctx.report.section("bayes_mediation", "Mechanisms as latent mediators (Bayesian)")
+    if len(r.mechanisms) == 0:
+        ctx.skip("bayes_mediation", "latent mediator model skipped: no mechanism indicators", sec)
+        return
+    ctx.report.text(sec, "What the panel identifies and what it assumes: the agglomeration -> mechanism links "
+                         "(a_k) are identified by the two-way panel like the baseline; the mechanism -> outcome "
+                         "links (b_k), and so the indirect effects a_k b_k, rest on the assumption that nothing "
+                         "unobserved drives both a mechanism and NQP (Jiang Ting 2022). The sensitivity analysis "
+                         "below shows how far that assumption carries them.")
+    x = ctx.guarded("bayes_mediation", lambda: fit_mediation(_canonical(study.frame, r), list(r.controls),
+                                                              dict(r.mechanisms), ctx.settings, ctx.oracles), sec)
+    if x:
+        render_bayes(ctx, sec, x)

@@ -27,6 +27,7 @@ class RunContext:
     bayes: dict[str, BayesResult] = field(default_factory=dict)
     flagged: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    progress: Callable[[str], None] = lambda message: None
 
     def add_oracle(self, result: AnalysisResult) -> AnalysisResult:
         self.oracles[result.id] = result
@@ -53,6 +54,7 @@ class RunContext:
     def guarded(self, analysis_id: str, fn: Callable[[], Any], section=None) -> Any:
         """Run one analysis. An unexpected failure is recorded in the report and summary.json (and
         fails the run under --strict) instead of ending the whole study."""
+        self.progress(f"  {analysis_id}")
         try:
             return fn()
         except Exception as exc:  # noqa: BLE001 - recorded, shown, and fatal under --strict

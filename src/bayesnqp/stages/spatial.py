@@ -56,3 +56,77 @@ def stage_spatial_frequentist(ctx: RunContext) -> None:
             report.text(sec, note)
         report.text(sec, "Paper, Table 5: agglomeration 0.0099*** (0.0009), W x agglomeration -0.0594* (0.0327), "
                          f"rho {PAPER_RHO}*** (0.2662); no direct/indirect effects reported.")
+
+
+def _maps_available(weights) -> bool:
+    """Maps need polygons: only for regions among the bundled 280 cities."""
+    from ..data.geography import load_boundaries
+
+    return set(weights.ids) <= set(load_boundaries())
+
+
+def stage_spatial_bayes(ctx: RunContext) -> None:
+    from ..bayes.spatial import fit_car, fit_sdm
+    from ..checks.spatial import ppc_moran, spatial_compare
+    from ..report.maps import map_pair
+    from .bayesian import _canonical, render_bayes
+
+    study, report = ctx.study, ctx.report
+    sec = report.section("bayes_spatial", "Spatial models rebuilt: CAR city effects and a Bayesian spatial Durbin model")
+    if study.weights is None:
+        ctx.skip("bayes_sdm", "Bayesian spatial models skipped: no spatial weights for these regions", sec)
+        return
+    r, w, s = study.roles, study.weights, ctx.settings
+    frame = _canonical(study.frame, r)
+    controls = list(r.controls)
+    maps = _maps_available(w)
+    fits = {}
+    car = ctx.guarded("bayes_car", lambda: fit_car(frame, controls, w, s, ctx.oracles.get("table3_col4")), sec)
+    if car:
+        render_bayes(ctx, sec, car)
+        fits["car"] = car
+        if maps and "city_effects" in car.tables:
+            t = car.tables["city_effects"]
+            report.figure(sec, "map_car_city_effects",
+                          map_pair(t["mean"], t["ci_width"], "BYM2 city effects (standardised scale)",
+                                   "city effect"),
+                          "Spatial city effects: posterior mean (left) and 94% interval width (right)")
+    for model in ("sdm", "sar", "sem", "slx"):
+        oracle = ctx.oracles.get({"sdm": "sdm_ml", "sar": "sar_ml", "sem": "sem_ml", "slx": "slx_ols"}[model])
+        x = ctx.guarded(f"bayes_{model}", lambda m=model, o=oracle: fit_sdm(frame, controls, w, s, o, model=m), sec)
+        if x:
+            render_bayes(ctx, sec, x)
+            fits[model] = x
+    sdm = fits.get("sdm")
+    if sdm is not None:
+        lo, hi = w.rho_bounds
+        post = sdm.summary.loc["rho"] if "rho" in sdm.summary.index else None
+        text = rho_sentence(w)
+        if post is not None:
+            text += (f" The posterior of rho: mean {post['mean']:.3f}, 94% interval [{post['ci_low']:.3f}, "
+                     f"{post['ci_high']:.3f}], inside ({lo:.3f}, {hi:.0f}) by construction of the prior.")
+        report.text(sec, text)
+        if maps:
+            for kind in ("direct", "indirect"):
+                key = f"{kind}_effect_{r.treatment}" if f"{kind}_effect_{r.treatment}" in sdm.tables \
+                    else f"{kind}_effect_agglomeration"
+                if key in sdm.tables:
+                    t = sdm.tables[key]
+                    report.figure(sec, f"map_sdm_{kind}",
+                                  map_pair(t["mean"], t["ci_width"], f"SDM {kind} effect of agglomeration by city",
+                                           f"{kind} effect"),
+                                  f"Each city's {kind} effect of agglomeration on NQP: posterior mean and "
+                                  "94% interval width")
+    if fits:
+        ppc = ctx.guarded("ppc_moran", lambda: ppc_moran(fits, w, frame, seed=s.seed), sec)
+        if ppc:
+            report.table(sec, "ppc_moran", ppc["table"], "Residual Moran's I per year as a posterior predictive check")
+            report.figure(sec, "ppc_moran", ppc["figure"], "Residual Moran's I: posterior vs replicated")
+            ctx.add_block("ppc_moran", ppc.get("summary", {}))
+        cmp_ = ctx.guarded("bayes_spatial_compare", lambda: spatial_compare(fits, w, frame, seed=s.seed), sec)
+        if cmp_:
+            if cmp_["table"] is not None:
+                report.table(sec, "bayes_spatial_compare", cmp_["table"], "Model comparison (PSIS-LOO)",
+                             note=cmp_.get("method", ""))
+            ctx.add_block("bayes_spatial_compare", {"loo": cmp_["loo"], "method": cmp_.get("method", ""),
+                                                    "table": cmp_["table"]})
