@@ -183,7 +183,9 @@ def test_config_maps_user_names_and_ready_columns(tmp_path):
                    'controls = ["gdp_pc", "finance"]\nsplitters = ["marketization"]\n'
                    '[mechanisms]\ninno = ["inno_rd_staff", "inno_patents_pc"]\n')
     study = load_study(path, load_config(cfg))
-    assert study.roles.outcome == "my_index" and study.roles.treatment == "my_lq"
+    assert study.roles.outcome_source == "my_index" and study.roles.treatment_source == "my_lq"
+    np.testing.assert_array_equal(study.frame["nqp"], study.frame["my_index"])
+    np.testing.assert_array_equal(study.frame["agglomeration"], study.frame["my_lq"])
     assert study.roles.controls == ("gdp_pc", "finance")
     assert list(study.roles.mechanisms) == ["inno"]
     assert study.index_weights is None

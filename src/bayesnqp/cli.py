@@ -64,6 +64,8 @@ def run(
     sampler: Annotated[str, typer.Option(help="nutpie (default), pymc or numpyro.")] = "nutpie",
     quick: Annotated[bool, typer.Option("--quick", help="Few draws (300 x 2 chains) for a fast look; "
                                                         "diagnostics will flag low ESS.")] = False,
+    no_bayes: Annotated[bool, typer.Option("--no-bayes", help="Only the data stage and the frequentist "
+                                                                 "oracles: seconds instead of minutes.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Fail (exit 3) if any fit is flagged (r_hat > 1.01, "
                                                           "ESS < 400, divergences) or any analysis fails.")] = False,
 ) -> None:
@@ -75,7 +77,7 @@ def run(
         err.print(f"[bold red]error:[/] --sampler must be nutpie, pymc or numpyro, not {sampler!r}")
         raise typer.Exit(EXIT_INPUT)
     options = RunOptions(out=out_dir, draws=draws, tune=tune, chains=chains, seed=seed, quick=quick,
-                         strict=strict, sampler=sampler)
+                         strict=strict, sampler=sampler, bayes=not no_bayes)
     start = time.perf_counter()
 
     with err.status("starting") as status:
@@ -114,8 +116,10 @@ def validate(
     r = study.roles
     out.print(f"OK: {file}: {len(study.cities)} cities x {len(study.years)} years "
               f"({study.years[0]}-{study.years[-1]}), {len(study.frame)} rows.", highlight=False)
-    out.print(f"outcome: {r.outcome}" + (f" (entropy index of {len(r.indicators)} indicators)" if r.indicators else ""))
-    out.print(f"treatment: {r.treatment}" + (" (location quotient)" if r.employment else ""))
+    out.print("outcome: " + (f"entropy index of {len(r.indicators)} indicators" if r.indicators
+                             else f"column '{r.outcome_source}'"))
+    out.print("treatment: " + (f"location quotient of '{r.employment[0]}' / '{r.employment[1]}'" if r.employment
+                               else f"column '{r.treatment_source}'"))
     out.print(f"controls: {', '.join(r.controls) or 'none'}; mechanisms: {', '.join(r.mechanisms) or 'none'}; "
               f"splitters: {', '.join(r.splitters) or 'none'}; instrument: {r.instrument or 'none'}")
     out.print(f"spatial weights: {study.weights_source or 'none'}")

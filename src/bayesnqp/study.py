@@ -41,6 +41,7 @@ class RunOptions:
     quick: bool = False
     strict: bool = False
     sampler: str = "nutpie"
+    bayes: bool = True  # False: data and frequentist stages only (seconds instead of minutes)
 
     def sampler_settings(self) -> SamplerSettings:
         draws, tune, chains = (QUICK["draws"], QUICK["tune"], QUICK["chains"]) if self.quick else (
@@ -63,6 +64,7 @@ STAGES: list[tuple[str, Stage]] = [
     ("Bayesian panel models", stage_bayes_panel),
     ("agreement", stage_agreement),
 ]
+BAYES_STAGES = {stage_bayes_panel, stage_agreement}
 
 
 def run_study(data: str | Path | None, config_path: str | Path | None, options: RunOptions,
@@ -88,7 +90,7 @@ def run_study(data: str | Path | None, config_path: str | Path | None, options: 
                  "weights": study.weights_source},
         "settings": {"draws": settings.draws, "tune": settings.tune, "chains": settings.chains,
                      "seed": settings.seed, "sampler": settings.sampler, "quick": options.quick,
-                     "strict": options.strict},
+                     "strict": options.strict, "bayes": options.bayes},
         "descriptives": {}, "index_weights": {}, "analyses": {}, "skipped": {}, "flagged": [], "failed": {},
     }
     title = "bayesnqp report: " + study.data_name
@@ -102,6 +104,8 @@ def run_study(data: str | Path | None, config_path: str | Path | None, options: 
         ctx = RunContext(study=study, settings=settings, report=report, out=staging, summary=summary,
                          progress=progress)
         for label, stage in STAGES:
+            if not options.bayes and stage in BAYES_STAGES:
+                continue
             progress(label)
             stage(ctx)
         summary["flagged"] = ctx.flagged

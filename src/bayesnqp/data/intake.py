@@ -40,7 +40,12 @@ def demo_path() -> Path:
 
 @dataclass(frozen=True)
 class Roles:
-    """Column names in the study frame for each role (after the measures are computed)."""
+    """Column names in the study frame for each role (after the measures are computed).
+
+    Inside the frame the outcome is always ``nqp`` and the treatment ``agglomeration`` (the paper's names,
+    so every table and posterior is labelled alike); ``outcome_source`` / ``treatment_source`` say which
+    user column they came from ('' when computed from the raw indicators / employment).
+    """
 
     outcome: str
     treatment: str
@@ -51,6 +56,8 @@ class Roles:
     indicators: tuple[str, ...]  # raw NQP indicators (empty when the outcome came ready-made)
     employment: tuple[str, ...]  # (digital, total) employment (empty when the treatment came ready-made)
     negative_indicators: tuple[str, ...] = ()
+    outcome_source: str = ""
+    treatment_source: str = ""
 
 
 @dataclass(frozen=True, eq=False)
@@ -335,22 +342,22 @@ def load_study(data: str | Path | None, config: StudyConfig) -> StudyData:
     if indicators:
         idx = entropy_index(frame, list(indicators), config.negative_indicators)
         frame[names.NQP] = idx.index
-        outcome = names.NQP
         descriptions = {row[0]: row[2] for row in names.NQP_INDICATORS}
         index_weights = idx.weights_table(descriptions)
     else:
-        outcome = outcome_col
+        frame[names.NQP] = frame[outcome_col]
     if employment:
         frame[names.AGGLOMERATION] = location_quotient(frame[employment[0]], frame[employment[1]])
-        treatment = names.AGGLOMERATION
     else:
-        treatment = treatment_col
+        frame[names.AGGLOMERATION] = frame[treatment_col]
     if instrument == names.DIST_HANGZHOU and instrument not in frame.columns:
         dist = geo_cities["dist_hangzhou_km"]
         frame[names.DIST_HANGZHOU] = dist.reindex(frame.index.get_level_values(names.CITY)).to_numpy()
     city_names = (frame["city_name"].groupby(level=names.CITY).first() if "city_name" in frame.columns
                   else (geo_cities.loc[cities, "name_zh"] if in_geo else pd.Series(cities, index=cities)))
-    roles = Roles(outcome=outcome, treatment=treatment, controls=tuple(controls), mechanisms=mechanisms,
+    roles = Roles(outcome=names.NQP, treatment=names.AGGLOMERATION,
+                  outcome_source="" if indicators else outcome_col,
+                  treatment_source="" if employment else treatment_col, controls=tuple(controls), mechanisms=mechanisms,
                   splitters=tuple(splitters), instrument=instrument, indicators=tuple(indicators),
                   employment=tuple(employment), negative_indicators=tuple(config.negative_indicators))
     return StudyData(source=src, synthetic=_is_synthetic(path), frame=frame, roles=roles, config=config,

@@ -51,7 +51,7 @@ def stage_bayes_panel(ctx: RunContext) -> None:
     study, report = ctx.study, ctx.report
     r, f, s = study.roles, study.frame, ctx.settings
     controls = list(r.controls)
-    frame = _canonical(f, r)
+    frame = f
     sec = report.section("bayes_table3", "Table 3 rebuilt: Bayesian hierarchical models")
     report.text(sec, "Weakly informative priors on the standardised scale (regressors and outcome standardised "
                      "inside each model; coefficients reported on the original scale). Column (4) puts the city "
@@ -89,12 +89,6 @@ def stage_agreement(ctx: RunContext) -> None:
                       "z-scores of every shared coefficient")
 
 
-def _canonical(frame: pd.DataFrame, roles) -> pd.DataFrame:
-    """The Bayesian builders use the paper's names for outcome and treatment."""
-    from .. import names
-
-    return frame.rename(columns={roles.outcome: names.NQP, roles.treatment: names.AGGLOMERATION})
-
 
 def stage_bayes_mediation(ctx: RunContext) -> None:
     from ..bayes.mediation import fit_mediation
@@ -110,7 +104,7 @@ def stage_bayes_mediation(ctx: RunContext) -> None:
                          "links (b_k), and so the indirect effects a_k b_k, rest on the assumption that nothing "
                          "unobserved drives both a mechanism and NQP (Jiang Ting 2022). The sensitivity analysis "
                          "below shows how far that assumption carries them.")
-    x = ctx.guarded("bayes_mediation", lambda: fit_mediation(_canonical(study.frame, r), list(r.controls),
+    x = ctx.guarded("bayes_mediation", lambda: fit_mediation(study.frame, list(r.controls),
                                                               dict(r.mechanisms), ctx.settings, ctx.oracles), sec)
     if x:
         render_bayes(ctx, sec, x)

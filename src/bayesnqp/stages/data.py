@@ -16,9 +16,9 @@ def stage_data(ctx: RunContext) -> None:
         lines.append("These are SYNTHETIC DEMO DATA: the numbers are generated (on the real geography of the "
                      "280 cities) to resemble the paper's Table 2; they are not statistics of any city.")
     outcome = (f"the entropy-weight index over {len(r.indicators)} raw indicators (pooled min-max "
-               "normalisation, shift 1e-4)" if r.indicators else f"the ready column '{r.outcome}'")
+               "normalisation, shift 1e-4)" if r.indicators else f"the ready column '{r.outcome_source}'")
     treatment = ("the location quotient of digital employment (eq. 3, per-year totals)" if r.employment
-                 else f"the ready column '{r.treatment}'")
+                 else f"the ready column '{r.treatment_source}'")
     lines.append(f"Outcome: {outcome}. Treatment: {treatment}. Controls: {', '.join(r.controls) or 'none'}.")
     if study.weights is not None:
         w = study.weights

@@ -69,7 +69,7 @@ def stage_spatial_bayes(ctx: RunContext) -> None:
     from ..bayes.spatial import fit_car, fit_sdm
     from ..checks.spatial import ppc_moran, spatial_compare
     from ..report.maps import map_pair
-    from .bayesian import _canonical, render_bayes
+    from .bayesian import render_bayes
 
     study, report = ctx.study, ctx.report
     sec = report.section("bayes_spatial", "Spatial models rebuilt: CAR city effects and a Bayesian spatial Durbin model")
@@ -77,7 +77,7 @@ def stage_spatial_bayes(ctx: RunContext) -> None:
         ctx.skip("bayes_sdm", "Bayesian spatial models skipped: no spatial weights for these regions", sec)
         return
     r, w, s = study.roles, study.weights, ctx.settings
-    frame = _canonical(study.frame, r)
+    frame = study.frame
     controls = list(r.controls)
     maps = _maps_available(w)
     fits = {}
