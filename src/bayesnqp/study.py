@@ -26,7 +26,7 @@ from .stages.context import RunContext
 from .stages.data import stage_data
 from .stages.bayesian import stage_agreement, stage_bayes_mediation, stage_bayes_panel
 from .stages.frequentist import stage_frequentist
-from .stages.spatial import stage_spatial_frequentist
+from .stages.spatial import stage_spatial_bayes, stage_spatial_frequentist
 
 QUICK = {"draws": 300, "tune": 300, "chains": 2}
 
@@ -63,9 +63,10 @@ STAGES: list[tuple[str, Stage]] = [
     ("spatial oracles", stage_spatial_frequentist),
     ("Bayesian panel models", stage_bayes_panel),
     ("latent mediator model", stage_bayes_mediation),
+    ("Bayesian spatial models", stage_spatial_bayes),
     ("agreement", stage_agreement),
 ]
-BAYES_STAGES = {stage_bayes_panel, stage_bayes_mediation, stage_agreement}
+BAYES_STAGES = {stage_bayes_panel, stage_bayes_mediation, stage_spatial_bayes, stage_agreement}
 
 
 def run_study(data: str | Path | None, config_path: str | Path | None, options: RunOptions,
