@@ -24,7 +24,13 @@ from .report.html import ReportBuilder
 from .results import json_safe
 from .stages.context import RunContext
 from .stages.data import stage_data
-from .stages.bayesian import stage_agreement, stage_bayes_mediation, stage_bayes_panel
+from .stages.bayesian import (
+    stage_agreement,
+    stage_bayes_groups,
+    stage_bayes_iv,
+    stage_bayes_mediation,
+    stage_bayes_panel,
+)
 from .stages.frequentist import stage_frequentist
 from .stages.spatial import stage_spatial_bayes, stage_spatial_frequentist
 
@@ -62,11 +68,14 @@ STAGES: list[tuple[str, Stage]] = [
     ("frequentist oracles", stage_frequentist),
     ("spatial oracles", stage_spatial_frequentist),
     ("Bayesian panel models", stage_bayes_panel),
+    ("group-specific slopes", stage_bayes_groups),
+    ("Bayesian IV", stage_bayes_iv),
     ("latent mediator model", stage_bayes_mediation),
     ("Bayesian spatial models", stage_spatial_bayes),
     ("agreement", stage_agreement),
 ]
-BAYES_STAGES = {stage_bayes_panel, stage_bayes_mediation, stage_spatial_bayes, stage_agreement}
+BAYES_STAGES = {stage_bayes_panel, stage_bayes_groups, stage_bayes_iv, stage_bayes_mediation, stage_spatial_bayes,
+                stage_agreement}
 
 
 def run_study(data: str | Path | None, config_path: str | Path | None, options: RunOptions,

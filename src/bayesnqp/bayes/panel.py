@@ -16,7 +16,17 @@ sigma_city)``. This is Mundlak's (1978) correlated random effects written in an 
 (gamma here equals Mundlak's gamma plus beta); given the variance components, the GLS estimate of beta is
 the within (city fixed-effects) estimator, and with year effects of fixed scale it is the two-way within
 estimator. In an unbalanced panel the city means of the year dummies join xbar_i (Wooldridge 2021) so the
-equivalence still holds. Centred city effects beside city-mean predictors sample fast with nutpie.
+equivalence still holds. City effects are centred when each city's data pin its effect down
+(T * s_u^2 / s_e^2 > 1 from a least-squares pre-fit; then centred effects beside city-mean predictors sample
+fast with nutpie) and non-centred otherwise; ``options.city_param`` in the spec can force either.
+
+With year effects in a balanced panel the deviations also lose their year means (two-way deviations);
+the removed part depends on the year only, sums to zero and is absorbed by the zero-sum year effects, so
+the model is unchanged but the slopes stop trading off against the year effects.
+
+Random effects (``random``, no Mundlak terms) are written in the same basis with gamma forced to equal
+beta: u_i ~ Normal(alpha + beta' xbar_i, sigma_city) beside beta' (x_it - xbar_i). That is exactly the
+classical random-effects model, reparameterised so it mixes as well as the Mundlak one.
 
 Year effects (``zerosum``) are ZeroSumNormal with a FIXED scale (no hierarchical sd): this is the
 Bayesian counterpart of year dummies (fixed effects under a weak prior), which is what reproduces the
@@ -66,13 +76,24 @@ DEFAULT_PRIORS: dict[str, dict[str, Any]] = {
 }
 
 
+# Families a spec may choose instead of the default. group_sd: with only two groups the data say almost
+# nothing about the between-group sd, and a HalfNormal lets it reach 0, opening a funnel; a Gamma(2, b)
+# prior keeps it off zero (Chung et al. 2013) while staying weak.
+ALTERNATIVE_DISTS: dict[str, tuple[str, ...]] = {"group_sd": ("gamma",)}
+
+
 def prior(spec: ModelSpec | None, name: str) -> dict[str, Any]:
-    """The prior of ``name``: the spec's entry over the default; the distribution family is fixed."""
+    """The prior of ``name``: the spec's entry over the default (family fixed unless an alternative is
+    listed in ALTERNATIVE_DISTS)."""
     base = dict(DEFAULT_PRIORS[name])
     if spec is not None and name in spec.priors:
         given = dict(spec.priors[name])
-        if given.get("dist") != base["dist"]:
-            raise ValueError(f"{spec.id}: prior '{name}' must be {base['dist']}, got {given.get('dist')!r}")
+        allowed = {base["dist"], *ALTERNATIVE_DISTS.get(name, ())}
+        if given.get("dist") not in allowed:
+            raise ValueError(f"{spec.id}: prior '{name}' must be one of {sorted(allowed)}, "
+                             f"got {given.get('dist')!r}")
+        if given["dist"] != DEFAULT_PRIORS[name]["dist"]:
+            base = {k: v for k, v in base.items() if k not in DEFAULT_PRIORS[name]}
         base.update(given)
     return base
 
@@ -109,13 +130,22 @@ class PanelData:
         counts = np.bincount(self.city_idx, minlength=len(self.cities))[:, None]
         return sums / counts
 
-    def mundlak_parts(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    def mundlak_parts(self, two_way: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Within deviations (n, k) of the standardised regressors, city-level predictors (n_city, m) and
         their names: the city means of the regressors, plus the city means of the year dummies when the
-        panel is unbalanced."""
+        panel is unbalanced.
+
+        ``two_way`` (balanced panels with year effects): the deviations also lose their year means. The
+        removed part, beta' (zbar_t - zbar), depends on the year only and sums to zero over the years, so
+        the zero-sum year effects absorb it: the same model, but the slopes no longer trade off against
+        the year effects (regressors with a common trend otherwise mix several times slower)."""
         Z = self.Z
         zbar = self.city_means(Z)
         within = Z - zbar[self.city_idx]
+        if two_way and self.balanced:
+            year_means = np.zeros((len(self.years), Z.shape[1]))
+            np.add.at(year_means, self.year_idx, within)
+            within = within - (year_means / len(self.cities))[self.year_idx]
         names = [f"mean_{t}" for t in self.terms]
         if not self.balanced and len(self.years) > 1:
             dummies = np.eye(len(self.years))[self.year_idx][:, 1:]
@@ -153,6 +183,64 @@ def panel_data(frame: pd.DataFrame, outcome: str, terms: list[str]) -> PanelData
                      balanced=len(data) == len(cities) * len(years), index=data.index)
 
 
+def city_information(pdata: PanelData, likelihood: str = "normal") -> float:
+    """How well the data pin down each city effect: T * s_u^2 / s_e^2 from a least-squares fit of the
+    (log) outcome on the regressors, their city means and year dummies (s_e^2 from the within-city
+    spread of its residuals, s_u^2 from the spread of their city means beyond what s_e^2 explains)."""
+    y = np.log(pdata.y) if likelihood == "lognormal" else pdata.y
+    y = (y - y.mean()) / y.std()
+    Z = pdata.Z
+    zbar = pdata.city_means(Z)[pdata.city_idx]
+    years = np.eye(len(pdata.years))[pdata.year_idx][:, 1:]
+    D = np.column_stack([np.ones(pdata.n), Z, zbar, years])
+    resid = y - D @ np.linalg.lstsq(D, y, rcond=None)[0]
+    rbar = pdata.city_means(resid)[:, 0]
+    n_city = len(pdata.cities)
+    t_mean = pdata.n / n_city
+    s_e2 = float(np.sum((resid - rbar[pdata.city_idx]) ** 2) / max(pdata.n - n_city, 1))
+    s_u2 = max(float(np.var(rbar)) - s_e2 / t_mean, 0.0)
+    return t_mean * s_u2 / s_e2 if s_e2 > 0 else np.inf
+
+
+def choose_slope_param(pdata: PanelData, likelihood: str, Zx: np.ndarray, common_idx: list[int], k_slope: int,
+                       g_of_city: np.ndarray) -> str:
+    """'marginal' when the group slopes differ by more than their own noise, 'noncentred' otherwise.
+
+    Least-squares pre-fit of the city-demeaned (log) outcome on the regressors, the slope term split by
+    group and year dummies; DerSimonian-Laird between-group variance tau^2 of the group slopes against
+    their median squared standard error. Informative, heterogeneous groups sample best with the slopes
+    kept as parameters (mean integrated out); near-identical slopes put the posterior of group_sd at
+    zero, where only the non-centred form avoids the funnel.
+    """
+    y = np.log(pdata.y) if likelihood == "lognormal" else pdata.y
+    y = (y - y.mean()) / y.std()
+    y = y - pdata.city_means(y)[:, 0][pdata.city_idx]
+    n_groups = int(g_of_city.max()) + 1
+    g_obs = g_of_city[pdata.city_idx]
+    slopes = np.eye(n_groups)[g_obs] * Zx[:, [k_slope]]
+    years = np.eye(len(pdata.years))[pdata.year_idx][:, 1:]
+    D = np.column_stack([slopes, Zx[:, common_idx], years])
+    coef, *_ = np.linalg.lstsq(D, y, rcond=None)
+    resid = y - D @ coef
+    dof = max(pdata.n - D.shape[1] - len(pdata.cities), 1)
+    s2 = float(resid @ resid) / dof
+    cov = s2 * np.linalg.pinv(D.T @ D)
+    b, se2 = coef[:n_groups], np.diag(cov)[:n_groups]
+    if n_groups < 2 or not np.all(se2 > 0):
+        return "noncentred"
+    w = 1.0 / se2
+    b_bar = float(np.sum(w * b) / np.sum(w))
+    q = float(np.sum(w * (b - b_bar) ** 2))
+    tau2 = max(0.0, (q - (n_groups - 1)) / (np.sum(w) - np.sum(w ** 2) / np.sum(w)))
+    return "marginal" if tau2 > float(np.median(se2)) else "noncentred"
+
+
+def choose_city_param(pdata: PanelData, likelihood: str = "normal") -> str:
+    """Centred city effects when each city's data are informative about its effect (information > 1),
+    non-centred otherwise (the usual rule: the centred form has a funnel when the likelihood is weak)."""
+    return "centred" if city_information(pdata, likelihood) > 1.0 else "noncentred"
+
+
 def _outcome_scale(y: np.ndarray, likelihood: str) -> tuple[float, float]:
     """Centre and scale of the modelled outcome (log y for LogNormal)."""
     if likelihood == "lognormal":
@@ -169,7 +257,7 @@ def build_panel_model(pdata: PanelData, spec: ModelSpec, *, likelihood: str | No
     """The PyMC model of ``spec`` on ``pdata`` (no sampling).
 
     ``slope_groups``: city -> group label; when given, the slope of ``slope_term`` varies by group,
-    partially pooled: beta_g = group_mean + group_sd * z_g (non-centred), reported as ``beta_group``
+    partially pooled: beta_g ~ Normal(group_mean, group_sd), reported as ``beta_group``
     (dims ``group_dim``, original scale); the other terms keep one slope in ``beta``.
     """
     likelihood = likelihood or spec.likelihood
@@ -182,10 +270,25 @@ def build_panel_model(pdata: PanelData, spec: ModelSpec, *, likelihood: str | No
     if likelihood not in SUPPORTED_LIKELIHOOD:
         raise ValueError(f"{spec.id}: the panel builder supports likelihoods {SUPPORTED_LIKELIHOOD}")
     y_centre, y_scale = _outcome_scale(pdata.y, likelihood)
+    city_form = spec.options.get("city_param", "auto")
+    if city_form not in ("auto", "centred", "noncentred"):
+        raise ValueError(f"{spec.id}: options.city_param must be auto, centred or noncentred")
+    if city_form == "auto" and city_eff != "none":
+        city_form = choose_city_param(pdata, likelihood)
 
     terms = list(pdata.terms)
+    re_means = None
     if city_eff == "mundlak":
-        Zx, zbar, mundlak_names = pdata.mundlak_parts()
+        Zx, zbar, mundlak_names = pdata.mundlak_parts(two_way=year_eff != "none")
+    elif city_eff == "random":
+        # Plain random effects written in the same basis: x = (x - xbar_i) + xbar_i, and the city effect
+        # absorbs beta' xbar_i, i.e. it is centred on alpha + beta' xbar_i with the SAME beta (Mundlak's
+        # gamma forced to equal beta). Identical model; the effects and beta no longer trade off.
+        if slope_groups is not None:
+            raise ValueError(f"{spec.id}: group-specific slopes need Mundlak city effects")
+        Zx, _, _ = pdata.mundlak_parts(two_way=year_eff != "none")
+        re_means = pdata.city_means(pdata.Z)
+        zbar, mundlak_names = None, []
     else:
         Zx, zbar, mundlak_names = pdata.Z, None, []
 
@@ -212,20 +315,52 @@ def build_panel_model(pdata: PanelData, spec: ModelSpec, *, likelihood: str | No
 
     common_idx = [terms.index(t) for t in common]
     with pm.Model(coords=coords) as model:
-        city_idx = pm.Data("city_idx", pdata.city_idx, dims=OBS)
-        year_idx = pm.Data("year_idx", pdata.year_idx, dims=OBS)
+        # Index data only where used: nutpie drops unused shared variables, and swapping data into a
+        # cached compilation must name exactly the ones it kept.
+        uses_city = city_eff != "none" or slope_groups is not None
+        city_idx = pm.Data("city_idx", pdata.city_idx, dims=OBS) if uses_city else None
+        year_idx = pm.Data("year_idx", pdata.year_idx, dims=OBS) if year_eff != "none" else None
         X_c = pm.Data("X", Zx[:, common_idx], dims=(OBS, COEF))
 
+        # Scales enter as data, not constants, so a cached compilation reused on new data (same
+        # structure) picks up the new standardisation too.
+        y_centre = pm.Data("y_centre", np.float64(y_centre))
+        y_scale = pm.Data("y_scale", np.float64(y_scale))
+        x_sd = pm.Data("x_sd", pdata.x_sd[common_idx], dims=COEF)
         alpha = pm.Normal("alpha", 0.0, prior(spec, "alpha")["sigma"])
         b_std = pm.Normal("beta_std", 0.0, prior(spec, "beta")["sigma"], dims=COEF)
         eta = X_c @ b_std
         if slope_groups is not None:
             x_s = pm.Data("x_slope", Zx[:, k_slope], dims=OBS)
+            x_sd_slope = pm.Data("x_sd_slope", np.float64(pdata.x_sd[k_slope]))
             g_idx = pm.Data("group_idx", g_of_city, dims=CITY)
-            gm = pm.Normal("group_mean_std", 0.0, prior(spec, "group_mean")["sigma"])
-            gsd = pm.HalfNormal("group_sd_std", prior(spec, "group_sd")["sigma"])
-            gz = pm.Normal("group_z", 0.0, 1.0, dims=group_dim)
-            bg_std = pm.Deterministic("beta_group_std", gm + gsd * gz, dims=group_dim)
+            s_mean = prior(spec, "group_mean")["sigma"]
+            p_sd = prior(spec, "group_sd")
+            if p_sd["dist"] == "gamma":
+                gsd = pm.Gamma("group_sd_std", alpha=p_sd["alpha"], beta=p_sd["beta"])
+            else:
+                gsd = pm.HalfNormal("group_sd_std", p_sd["sigma"])
+            # options.slopes: "marginal" integrates the group mean out analytically, beta ~ MVN(0,
+            # group_sd^2 I + s_mean^2 J): no mean-vs-slopes ridge (non-centred form, informative groups)
+            # and no mean-vs-sd funnel (centred form, few groups); the group mean is drawn afterwards
+            # from its exact conditional (draw_group_mean). "centred"/"noncentred" keep it sampled.
+            form = spec.options.get("slopes", "auto")
+            if form == "auto":
+                form = choose_slope_param(pdata, likelihood, Zx, common_idx, k_slope, g_of_city)
+            gm = None
+            if form == "marginal":
+                n_groups = len(coords[group_dim])
+                cov = gsd ** 2 * pt.eye(n_groups) + s_mean ** 2 * pt.ones((n_groups, n_groups))
+                bg_std = pm.MvNormal("beta_group_std", mu=pt.zeros(n_groups), cov=cov, dims=group_dim)
+            elif form == "centred":
+                gm = pm.Normal("group_mean_std", 0.0, s_mean)
+                bg_std = pm.Normal("beta_group_std", gm, gsd, dims=group_dim)
+            elif form == "noncentred":
+                gm = pm.Normal("group_mean_std", 0.0, s_mean)
+                gz = pm.Normal("group_z", 0.0, 1.0, dims=group_dim)
+                bg_std = pm.Deterministic("beta_group_std", gm + gsd * gz, dims=group_dim)
+            else:
+                raise ValueError(f"{spec.id}: options.slopes must be auto, marginal, centred or noncentred")
             eta = eta + x_s * bg_std[g_idx[city_idx]]
 
         if city_eff == "none":
@@ -237,9 +372,14 @@ def build_panel_model(pdata: PanelData, spec: ModelSpec, *, likelihood: str | No
                 Zbar = pm.Data("Zbar", zbar, dims=(CITY, "mundlak"))
                 gamma = pm.Normal("gamma", 0.0, prior(spec, "gamma")["sigma"], dims="mundlak")
                 centre = alpha + Zbar @ gamma
-            # Centred city effects: with ~10 years per city the data pin each effect down well,
-            # which is the regime where the centred form samples better than the non-centred one.
-            u = pm.Normal("city_effect_std", centre, sigma_city, dims=CITY)
+            elif re_means is not None:
+                Xbar = pm.Data("Xbar", re_means, dims=(CITY, COEF))
+                centre = alpha + Xbar @ b_std
+            if city_form == "centred":
+                u = pm.Normal("city_effect_std", centre, sigma_city, dims=CITY)
+            else:
+                u_z = pm.Normal("city_z", 0.0, 1.0, dims=CITY)
+                u = pm.Deterministic("city_effect_std", centre + sigma_city * u_z, dims=CITY)
             eta = eta + u[city_idx]
 
         if year_eff == "zerosum":
@@ -264,21 +404,41 @@ def build_panel_model(pdata: PanelData, spec: ModelSpec, *, likelihood: str | No
             pm.LogNormal("nqp", mu=mu, sigma=scale, observed=y_data, dims=OBS)
 
         # Back to the original scale: d y / d x = y_scale * b_std / x_sd.
-        x_sd = pdata.x_sd
-        pm.Deterministic("beta", y_scale * b_std / x_sd[common_idx], dims=COEF)
+        pm.Deterministic("beta", y_scale * b_std / x_sd, dims=COEF)
         pm.Deterministic("sigma", scale)
         if city_eff != "none":
             pm.Deterministic("sigma_city", y_scale * sigma_city)
         if slope_groups is not None:
-            pm.Deterministic("beta_group", y_scale * bg_std / x_sd[k_slope], dims=group_dim)
-            pm.Deterministic("group_mean", y_scale * gm / x_sd[k_slope])
-            pm.Deterministic("group_sd", y_scale * gsd / x_sd[k_slope])
+            pm.Deterministic("beta_group", y_scale * bg_std / x_sd_slope, dims=group_dim)
+            if gm is not None:
+                pm.Deterministic("group_mean", y_scale * gm / x_sd_slope)
+            pm.Deterministic("group_sd", y_scale * gsd / x_sd_slope)
     return model
+
+
+def draw_group_mean(idata: az.InferenceData, spec: ModelSpec, pdata: PanelData, *, seed: int,
+                    slope_term: str = AGGLOMERATION, dim: str = "group") -> None:
+    """For the marginal slopes form: add ``group_mean`` (original scale) to the posterior, one exact draw
+    from m | slopes, group_sd ~ Normal per posterior draw (Normal prior on m, Normal slopes around it)."""
+    if "group_mean" in idata.posterior:
+        return
+    _, y_scale = _outcome_scale(pdata.y, spec.likelihood)
+    s_m = prior(spec, "group_mean")["sigma"] * y_scale / pdata.x_sd[list(pdata.terms).index(slope_term)]
+    beta = idata.posterior["beta_group"]
+    tau = idata.posterior["group_sd"]
+    n_groups = beta.sizes[dim]
+    precision = 1.0 / s_m ** 2 + n_groups / tau ** 2
+    mean = (beta.sum(dim) / tau ** 2) / precision
+    noise = np.random.default_rng(seed).standard_normal(mean.shape)
+    idata.posterior["group_mean"] = mean + noise / np.sqrt(precision)
 
 
 def cache_key(spec: ModelSpec, pdata: PanelData, likelihood: str, extra: str = "") -> str:
     """Structure key for the compiled-model cache: spec hash, likelihood and data shapes."""
-    return f"{spec.spec_hash}:{likelihood}:{pdata.n}:{len(pdata.cities)}:{len(pdata.years)}:" \
+    form = spec.options.get("city_param", "auto")
+    if form == "auto" and spec.effects.get("city", "none") != "none":
+        form = choose_city_param(pdata, likelihood)
+    return f"{spec.spec_hash}:{likelihood}:{form}:{pdata.n}:{len(pdata.cities)}:{len(pdata.years)}:" \
            f"{len(pdata.terms)}:{pdata.balanced}:{extra}"
 
 
@@ -325,7 +485,10 @@ def fit_spec(frame: pd.DataFrame, spec: ModelSpec, controls: tuple[str, ...] | l
     lik = likelihood or spec.likelihood
     pdata = panel_data(frame, spec.outcome, spec.expand_terms(controls))
     model = build_panel_model(pdata, spec, likelihood=lik, slope_groups=slope_groups, group_dim=group_dim)
-    extra_key = "" if slope_groups is None else f"{group_dim}:{len(model.coords[group_dim])}"
+    # The free variables name the parameterisation the builder chose (centred or not, marginal or not).
+    extra_key = ",".join(sorted(v.name for v in model.free_RVs))
+    if slope_groups is not None:
+        extra_key += f"|{group_dim}:{len(model.coords[group_dim])}"
     idata = sample(model, spec.sampler_settings(settings), cache_key=cache_key(spec, pdata, lik, extra_key),
                    log_likelihood=log_likelihood)
     return model, idata, pdata
@@ -341,11 +504,14 @@ MATCH_NOTES = {
 
 
 def fit_table3(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], settings: SamplerSettings,
-               oracles: dict[str, AnalysisResult] | None) -> list[BayesResult]:
+               oracles: dict[str, AnalysisResult] | None, *, columns: tuple[int, ...] = (1, 2, 3, 4)
+               ) -> list[BayesResult]:
     """Table 3 columns (1)-(4): pooled without and with controls, city effects, city and year effects."""
     oracles = oracles or {}
     results = []
-    for col, kind in ((1, "pooled"), (2, "pooled"), (3, "city"), (4, "twoway")):
+    kinds = {1: "pooled", 2: "pooled", 3: "city", 4: "twoway"}
+    for col in columns:
+        kind = kinds[col]
         spec = load_spec(f"bayes_table3_col{col}")
         model, idata, pdata = fit_spec(frame, spec, controls, settings)
         extra: dict[str, Any] = {}
@@ -418,7 +584,6 @@ def fit_likelihoods(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], 
     spec = load_spec("bayes_likelihoods")
     likelihoods = list(spec.options.get("likelihoods", ["normal", "student_t", "lognormal"]))
     fits: dict[str, az.InferenceData] = {}
-    models: dict[str, pm.Model] = {}
     pdata = None
     for lik in likelihoods:
         model, idata, pdata = fit_spec(frame, spec, controls, settings, likelihood=lik, log_likelihood=True)
@@ -428,7 +593,6 @@ def fit_likelihoods(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], 
         idata.attrs.update(spec.attrs())
         idata.attrs["likelihood"] = lik
         fits[lik] = idata
-        models[lik] = model
     assert pdata is not None
     table = compare.compare_loo(fits, var_name="nqp")
     pareto = {lik: compare.pareto_k_counts(fits[lik], "nqp") for lik in likelihoods}
@@ -451,7 +615,7 @@ def fit_likelihoods(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], 
     combined = az.InferenceData(posterior=_stack_likelihoods(fits, ["beta", "sigma", "sigma_city"]),
                                 sample_stats=_stack_stats(fits))
     combined.attrs.update(spec.attrs())
-    var_names = [v for v in ("beta", "sigma", "sigma_city") if v in combined.posterior]
+    var_names = [str(v) for v in combined.posterior.data_vars]
     summary = posterior_summary(combined, var_names)
     diagnostics = diagnose(combined, var_names)
     best = str(table.index[0])

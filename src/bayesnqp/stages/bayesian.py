@@ -70,6 +70,48 @@ def stage_bayes_panel(ctx: RunContext) -> None:
         render_bayes(ctx, sec, x)
 
 
+def stage_bayes_groups(ctx: RunContext) -> None:
+    from ..bayes.groups import fit_groups, fit_province_slopes
+
+    study, report = ctx.study, ctx.report
+    r, f, s = study.roles, study.frame, ctx.settings
+    controls = list(r.controls)
+    sec = report.section("bayes_groups", "Group-specific effects: partially pooled slopes")
+    if r.splitters:
+        res = ctx.guarded("bayes_groups", lambda: fit_groups(f, controls, list(r.splitters), s, ctx.oracles), sec)
+        for x in res or []:
+            render_bayes(ctx, sec, x)
+    else:
+        ctx.skip("bayes_groups", "group-specific slopes skipped: no splitter columns", sec)
+    if study.provinces is not None:
+        from ..data.geography import load_geography
+
+        geo = load_geography().cities  # plot fonts may lack CJK glyphs: label provinces in pinyin
+        labels = dict(zip(geo["province"], geo["province_pinyin"]))
+        x = ctx.guarded("bayes_province_slopes",
+                        lambda: fit_province_slopes(f, controls, study.provinces, s, labels=labels), sec)
+        if x:
+            render_bayes(ctx, sec, x)
+    else:
+        ctx.skip("bayes_province_slopes", "province-varying slopes skipped: the regions are not the bundled "
+                                          "280 cities, so their provinces are unknown", sec)
+
+
+def stage_bayes_iv(ctx: RunContext) -> None:
+    from ..bayes.iv import fit_iv
+
+    study, report = ctx.study, ctx.report
+    r = study.roles
+    sec = report.section("bayes_iv", "Bayesian instrumental variables")
+    if not r.instrument:
+        ctx.skip("bayes_iv", "Bayesian IV skipped: no distance column", sec)
+        return
+    x = ctx.guarded("bayes_iv", lambda: fit_iv(study.frame, list(r.controls), r.instrument, ctx.settings,
+                                                ctx.oracles.get("iv_2sls_trend")), sec)
+    if x:
+        render_bayes(ctx, sec, x)
+
+
 def stage_agreement(ctx: RunContext) -> None:
     """One figure and one table of every posterior-vs-oracle z in the run."""
     tables = {k: v.agreement for k, v in ctx.bayes.items() if v.agreement is not None}

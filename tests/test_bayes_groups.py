@@ -1,0 +1,131 @@
+"""Group-specific slopes: median split by hand, model structure, and recovery of known group slopes
+against pyfixest's interacted two-way FE regression."""
+
+from __future__ import annotations
+
+import matplotlib.figure
+import numpy as np
+import pandas as pd
+import pyfixest as pf
+import pytest
+
+from bayesnqp.bayes import groups, panel
+from bayesnqp.bayes.sampling import SamplerSettings
+from bayesnqp.bayes.spec import load_spec
+from bayesnqp.results import AnalysisResult, coef_frame
+
+CONTROLS = ("develop", "finance")
+FAST = SamplerSettings(draws=500, tune=500, chains=4, seed=13)
+
+
+def test_median_split_ties_go_low():
+    idx = pd.MultiIndex.from_product([["110000", "120000", "130000", "140000", "150000"], [2013, 2014]],
+                                     names=["city", "year"])
+    # City means: 1, 2, 2, 3, 5 -> median 2; the two cities at the median go low.
+    values = [1, 1, 2, 2, 1, 3, 3, 3, 4, 6]
+    labels = groups.median_split(pd.DataFrame({"s": values}, index=idx), "s")
+    assert labels.to_dict() == {"110000": "low", "120000": "low", "130000": "low", "140000": "high",
+                                "150000": "high"}
+    assert list(labels.cat.categories) == ["low", "high"]
+
+
+def simulated_groups(seed: int = 4, slopes=(0.01, 0.025)):
+    frame, truth = panel.simulate_panel(60, 8, seed=seed)
+    rng = np.random.default_rng(seed)
+    cities = frame.index.get_level_values("city")
+    level = pd.Series(rng.normal(size=60), index=cities.unique())
+    frame["digital_support"] = level.reindex(cities).to_numpy() + rng.normal(0, 0.01, len(frame))
+    labels = groups.median_split(frame, "digital_support")
+    high = (labels.reindex(cities) == "high").to_numpy()
+    # simulate_panel used slope 0.01 for everyone; add the high group's extra slope.
+    frame["nqp"] = frame["nqp"] + (slopes[1] - slopes[0]) * high * frame["agglomeration"]
+    return frame, high
+
+
+def hetero_oracle(frame: pd.DataFrame, high: np.ndarray) -> AnalysisResult:
+    """Interacted two-way FE regression with CRV1 by city, plus the difference with its SE."""
+    d = frame.reset_index()
+    d["agg_low"] = d["agglomeration"] * ~high
+    d["agg_high"] = d["agglomeration"] * high
+    fit = pf.feols("nqp ~ agg_low + agg_high + develop + finance | city + year", data=d,
+                   vcov={"CRV1": "city"})
+    b, v = fit.coef(), np.asarray(fit._vcov)
+    names = list(b.index)
+    i, j = names.index("agg_low"), names.index("agg_high")
+    diff, se_diff = b.iloc[j] - b.iloc[i], np.sqrt(v[i, i] + v[j, j] - 2 * v[i, j])
+    est = [b.iloc[i], b.iloc[j], diff, b["develop"], b["finance"]]
+    se = [fit.se().iloc[i], fit.se().iloc[j], se_diff, fit.se()["develop"], fit.se()["finance"]]
+    terms = ["agglomeration[low]", "agglomeration[high]", "difference", "develop", "finance"]
+    z = np.array(est) / np.array(se)
+    return AnalysisResult(id="hetero_digital_support", title="hetero",
+                          coefs=coef_frame(terms, est, se, z, np.nan, np.nan, np.nan), n_obs=len(d),
+                          se_type="CRV1")
+
+
+def test_group_model_structure():
+    frame, _ = simulated_groups()
+    spec = load_spec("bayes_groups")
+    pdata = panel.panel_data(frame, spec.outcome, spec.expand_terms(CONTROLS))
+    model = panel.build_panel_model(pdata, spec, slope_groups=groups.median_split(frame, "digital_support"))
+    assert list(model.coords["group"]) == ["low", "high"]
+    assert list(model.coords["coef"]) == list(CONTROLS)
+    assert model.named_vars_to_dims["beta_group"] == ("group",)
+    assert np.isfinite(model.compile_logp()(model.initial_point()))
+
+
+@pytest.mark.recovery
+def test_groups_recover_slopes_and_difference():
+    frame, high = simulated_groups()
+    oracle = hetero_oracle(frame, high)
+    (res,) = groups.fit_groups(frame, CONTROLS, ["digital_support"], FAST,
+                               {"hetero_digital_support": oracle})
+    assert res.id == "bayes_groups_digital_support"
+    assert res.diagnostics.ok, res.diagnostics.flags
+    assert panel.hdi_contains(res.idata, "beta_group", np.array([0.01, 0.025])).all()
+    assert panel.hdi_contains(res.idata, "difference", 0.015)
+    assert res.extra["p_high_gt_low"] > 0.99
+    assert res.extra["n_cities"] == {"low": 30, "high": 30}
+    # Partial pooling moves the slopes little when both halves hold 30 cities: well under half an SE.
+    assert set(res.agreement.index) >= {"agglomeration[low]", "agglomeration[high]", "difference"}
+    assert (res.agreement["z"].abs() < 0.5).all(), res.agreement
+    assert not res.meant_to_match
+
+
+@pytest.mark.recovery
+def test_province_slopes_forest_plot():
+    frame, _ = panel.simulate_panel(60, 8, seed=6)
+    cities = frame.index.get_level_values("city").unique()
+    provinces = pd.Series([f"P{i % 6}" for i in range(60)], index=cities)
+    res = groups.fit_province_slopes(frame, CONTROLS, provinces, FAST)
+    assert res.id == "bayes_province_slopes"
+    assert res.diagnostics.ok, res.diagnostics.flags
+    assert list(res.idata.posterior["beta_group"].coords["province"].values) == [f"P{i}" for i in range(6)]
+    # Every province shares the true slope 0.01.
+    assert panel.hdi_contains(res.idata, "beta_group", 0.01).all()
+    assert isinstance(res.figures["province_slopes"], matplotlib.figure.Figure)
+    assert res.extra["cities_per_province"]["P0"] == 10
+    with pytest.raises(ValueError, match="no province"):
+        groups.fit_province_slopes(frame, CONTROLS, provinces.iloc[1:], FAST)
+
+
+def test_slope_parameterisation_follows_the_heterogeneity():
+    """Heterogeneous informative group slopes -> group mean integrated out; identical slopes -> the
+    non-centred form (group_sd sits at zero there)."""
+    frame, _ = simulated_groups(slopes=(0.01, 0.03))
+    spec = load_spec("bayes_groups")
+    pdata = panel.panel_data(frame, spec.outcome, spec.expand_terms(CONTROLS))
+    split = groups.median_split(frame, "digital_support")
+    free = {v.name for v in panel.build_panel_model(pdata, spec, slope_groups=split).free_RVs}
+    assert "group_mean_std" not in free and "beta_group_std" in free
+    same, _ = panel.simulate_panel(60, 8, seed=6)
+    pdata = panel.panel_data(same, spec.outcome, spec.expand_terms(CONTROLS))
+    provinces = pd.Series([f"P{i % 6}" for i in range(60)], index=same.index.get_level_values("city").unique())
+    free = {v.name for v in panel.build_panel_model(pdata, spec, slope_groups=provinces).free_RVs}
+    assert {"group_mean_std", "group_z"} <= free
+
+
+def test_province_labels_fall_back_when_the_font_lacks_glyphs():
+    provinces = pd.Series({"330100": "浙江省", "330200": "浙江省", "110000": "北京市", "999900": "P9"})
+    labels = groups.display_labels(provinces, {"北京市": "Beijing"})
+    assert labels["北京市"] == "Beijing" and labels["P9"] == "P9"
+    assert labels["浙江省"] == ("浙江省" if groups.can_render("浙江省") else "330000")
