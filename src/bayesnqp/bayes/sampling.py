@@ -8,6 +8,7 @@ with ``with_data``; numba's on-disk cache makes a second process faster too.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from dataclasses import asdict, dataclass
@@ -53,10 +54,34 @@ def _data_values(model: pm.Model) -> dict[str, np.ndarray]:
     return {v.name: v.get_value() for v in model.data_vars}
 
 
+def constants_fingerprint(model: pm.Model) -> str:
+    """Hash of every constant baked into the log-density and the deterministics.
+
+    A compiled model can be reused with new ``pm.Data`` values only; a builder that bakes data-derived
+    numbers (means, scales, eigenvectors) in as constants would otherwise silently reuse stale ones.
+    """
+    from pytensor.graph.basic import Constant
+
+    try:
+        from pytensor.graph.traversal import ancestors
+    except ImportError:  # pytensor < 2.31
+        from pytensor.graph.basic import ancestors
+
+    digest = hashlib.sha1()
+    for var in ancestors([model.logp(), *model.deterministics]):
+        if isinstance(var, Constant):
+            data = np.asarray(var.data)
+            digest.update(str((data.dtype, data.shape)).encode())
+            digest.update(np.ascontiguousarray(data).tobytes())
+    return digest.hexdigest()[:16]
+
+
 def compile_nutpie(model: pm.Model, cache_key: str | None = None):
     """Compile (or fetch from the in-process cache and swap in this model's data)."""
     import nutpie
 
+    if cache_key is not None:
+        cache_key = f"{cache_key}:{constants_fingerprint(model)}"
     if cache_key is not None and cache_key in _COMPILED:
         return _COMPILED[cache_key].with_data(**_data_values(model))
     with warnings.catch_warnings():
