@@ -54,3 +54,19 @@ def test_cache_reuses_compilation_and_swaps_data(monkeypatch):
     assert "observed_data" in second.groups()
     sample(linear_model(x, x, baked_scale=2.0), settings, cache_key="lin")
     assert len(sampling._COMPILED) == 2  # different baked constants: compiled anew
+
+
+def test_hdi_bounds_match_arviz():
+    import arviz as az
+
+    from bayesnqp.checks.diagnostics import CI_PROB, hdi_bounds
+
+    rng = np.random.default_rng(5)
+    draws = np.column_stack([rng.gamma(2.0, size=4000), rng.normal(size=4000)])
+    low, high = hdi_bounds(draws)
+    for j in range(2):
+        ref = az.hdi(draws[:, j], hdi_prob=CI_PROB)
+        assert (low[j], high[j]) == pytest.approx(tuple(ref), abs=1e-12)
+    draws[3, 1] = np.nan
+    low, high = hdi_bounds(draws)
+    assert np.isnan(low[1]) and np.isfinite(low[0])

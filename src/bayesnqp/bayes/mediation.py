@@ -65,7 +65,7 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 from .. import names
 from ..checks.agreement import agreement as agreement_table
-from ..checks.diagnostics import CI_PROB, diagnose, posterior_summary
+from ..checks.diagnostics import CI_PROB, diagnose, hdi_bounds, posterior_summary
 from ..errors import InputError, Problem
 from ..results import AnalysisResult
 from .result import BayesResult
@@ -277,14 +277,9 @@ def sensitivity_b(b: np.ndarray, psi: np.ndarray, sigma: np.ndarray, rho: np.nda
 
 
 def hdi(samples: np.ndarray, prob: float = CI_PROB) -> tuple[float, float]:
-    """Narrowest interval holding ``prob`` of the draws (ArviZ's rule); NaN if any draw is NaN."""
-    s = np.sort(np.asarray(samples, dtype=float).ravel())
-    if s.size == 0 or not np.isfinite(s).all():
-        return (math.nan, math.nan)
-    inside = int(math.floor(prob * s.size))
-    widths = s[inside:] - s[: s.size - inside]
-    i = int(np.argmin(widths))
-    return float(s[i]), float(s[i + inside])
+    """The report's interval of all draws pooled (NaN if any draw is NaN)."""
+    low, high = hdi_bounds(np.asarray(samples, dtype=float).reshape(-1, 1), prob)
+    return float(low[0]), float(high[0])
 
 
 # --------------------------------------------------------------------------------------------------

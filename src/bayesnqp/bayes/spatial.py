@@ -50,7 +50,7 @@ import scipy.sparse.linalg as spla
 
 from .. import names
 from ..checks.agreement import agreement as agreement_table
-from ..checks.diagnostics import CI_PROB, diagnose, posterior_summary
+from ..checks.diagnostics import CI_PROB, diagnose, hdi_bounds, posterior_summary
 from ..data.weights import SpatialWeights
 from ..errors import InputError, Problem
 from ..results import AnalysisResult
@@ -755,7 +755,7 @@ def fit_sdm(frame: pd.DataFrame, controls: list[str] | tuple[str, ...], weights:
         if term == terms[0] or term == names.AGGLOMERATION:
             for kind in ("direct", "indirect"):
                 vals = e[f"{kind}_city"]
-                lo, hi = _hdi_columns(vals)
+                lo, hi = hdi_bounds(vals)
                 tab = pd.DataFrame({"adcode": list(weights.ids), "mean": vals.mean(axis=0), "ci_low": lo,
                                     "ci_high": hi}).set_index("adcode")
                 tab["ci_width"] = tab["ci_high"] - tab["ci_low"]
@@ -809,12 +809,3 @@ def fit_sdm(frame: pd.DataFrame, controls: list[str] | tuple[str, ...], weights:
                        extra=extra, tables=city_tables)
 
 
-def _hdi_columns(vals: np.ndarray, prob: float = CI_PROB) -> tuple[np.ndarray, np.ndarray]:
-    """Shortest interval holding ``prob`` of the draws, per column (draws along axis 0)."""
-    s = np.sort(vals, axis=0)
-    m = s.shape[0]
-    k = max(1, int(np.floor(prob * m)))
-    widths = s[k:] - s[: m - k]
-    best = np.argmin(widths, axis=0)
-    cols = np.arange(s.shape[1])
-    return s[best, cols], s[best + k, cols]

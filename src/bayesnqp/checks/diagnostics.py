@@ -79,6 +79,23 @@ def diagnose(idata: az.InferenceData, var_names: list[str] | None = None) -> Dia
                        tuple(flags))
 
 
+def hdi_bounds(draws: np.ndarray, prob: float = CI_PROB) -> tuple[np.ndarray, np.ndarray]:
+    """Shortest interval holding ``prob`` of the draws along axis 0 (ArviZ's rule), for every element of
+    the remaining axes; NaN where an element has a non-finite draw. For derived quantities computed from
+    posterior draws in numpy (effects, indirect effects), so they use the report's one convention."""
+    x = np.asarray(draws, dtype=float)
+    flat = x.reshape(x.shape[0], -1)
+    s = np.sort(flat, axis=0)
+    m = s.shape[0]
+    k = max(1, int(np.floor(prob * m)))
+    best = np.argmin(s[k:] - s[: m - k], axis=0)
+    cols = np.arange(flat.shape[1])
+    low, high = s[best, cols], s[best + k, cols]
+    bad = ~np.isfinite(flat).all(axis=0)
+    low[bad], high[bad] = np.nan, np.nan
+    return low.reshape(x.shape[1:]), high.reshape(x.shape[1:])
+
+
 def posterior_summary(idata: az.InferenceData, var_names: list[str]) -> pd.DataFrame:
     """mean, sd, the CI_PROB HDI, r_hat, ess_bulk, ess_tail; one row per scalar (labels as 'beta[develop]')."""
     table = az.summary(idata, var_names=var_names, kind="all", hdi_prob=CI_PROB, round_to="none")
