@@ -65,6 +65,33 @@ def _maps_available(weights) -> bool:
     return set(weights.ids) <= set(load_boundaries())
 
 
+def two_way_fitted(frame, weights, terms: list[str]):
+    """For the residual-Moran PPC of the non-spatial two-way model: per posterior draw of beta, the
+    two-way within residuals y~ - X~ beta (city and year effects projected out), returned as fitted values
+    y - residual in (draws, region, year) order of ``weights.ids``."""
+    import numpy as np
+
+    from .. import names
+
+    def cube(column: str) -> np.ndarray:
+        wide = frame[column].unstack(names.YEAR).loc[list(weights.ids)]
+        return wide.to_numpy(dtype=float)
+
+    def within(a: np.ndarray) -> np.ndarray:
+        return a - a.mean(axis=0, keepdims=True) - a.mean(axis=1, keepdims=True) + a.mean(axis=(0, 1), keepdims=True)
+
+    y = cube(names.NQP)
+    xw = np.stack([within(cube(t)) for t in terms], axis=-1)
+    yw = within(y)
+
+    def fitted(idata, draws):
+        beta = idata.posterior["beta"].sel(coef=terms).stack(sample=("chain", "draw")).isel(sample=draws)
+        resid = yw[None] - np.einsum("ntk,kd->dnt", xw, beta.transpose("coef", "sample").to_numpy())
+        return y[None] - resid
+
+    return fitted
+
+
 def stage_spatial_bayes(ctx: RunContext) -> None:
     from ..bayes.spatial import fit_car, fit_sdm
     from ..checks.spatial import ppc_moran, spatial_compare
@@ -91,6 +118,11 @@ def stage_spatial_bayes(ctx: RunContext) -> None:
                           map_pair(t["mean"], t["ci_width"], "BYM2 city effects (standardised scale)",
                                    "city effect"),
                           "Spatial city effects: posterior mean (left) and 94% interval width (right)")
+    leroux = ctx.guarded("bayes_car_leroux", lambda: fit_car(frame, controls, w, s, ctx.oracles.get("table3_col4"),
+                                                             kind="leroux"), sec)
+    if leroux:
+        render_bayes(ctx, sec, leroux)
+        fits["leroux"] = leroux
     for model in ("sdm", "sar", "sem", "slx"):
         oracle = ctx.oracles.get({"sdm": "sdm_ml", "sar": "sar_ml", "sem": "sem_ml", "slx": "slx_ols"}[model])
         x = ctx.guarded(f"bayes_{model}", lambda m=model, o=oracle: fit_sdm(frame, controls, w, s, o, model=m), sec)
@@ -118,7 +150,12 @@ def stage_spatial_bayes(ctx: RunContext) -> None:
                                   f"Each city's {kind} effect of agglomeration on NQP: posterior mean and "
                                   "94% interval width")
     if fits:
-        ppc = ctx.guarded("ppc_moran", lambda: ppc_moran(fits, w, frame, seed=s.seed), sec)
+        checked = dict(fits)
+        fitted = {}
+        if "bayes_table3_col4" in ctx.bayes and study.balanced:
+            checked = {"two-way (non-spatial)": ctx.bayes["bayes_table3_col4"], **fits}
+            fitted["two-way (non-spatial)"] = two_way_fitted(frame, w, [r.treatment, *controls])
+        ppc = ctx.guarded("ppc_moran", lambda: ppc_moran(checked, w, frame, seed=s.seed, fitted=fitted), sec)
         if ppc:
             report.table(sec, "ppc_moran", ppc["table"], "Residual Moran's I per year as a posterior predictive check")
             report.figure(sec, "ppc_moran", ppc["figure"], "Residual Moran's I: posterior vs replicated")
