@@ -51,7 +51,12 @@ def test_structure_dims_logp_prior_predictive(sim, name):
         assert model.named_vars_to_dims["beta"] == ("coef",)
         assert model.named_vars_to_dims["nqp"] == ("obs",)
         if spec.effects["city"] != "none":
-            assert model.named_vars_to_dims["city_effect_std"] == ("city",)
+            if panel.city_effects_marginal(spec, lik):
+                # Integrated out: no city-effect parameters, city-level data carry the city structure.
+                assert "city_effect_std" not in model.named_vars and "city_z" not in model.named_vars
+                assert model.named_vars_to_dims["city_count"] == ("city",)
+            else:
+                assert model.named_vars_to_dims["city_effect_std"] == ("city",)
             assert len(model.coords["city"]) == 60
         if spec.effects["year"] != "none":
             assert len(model.coords["year"]) == 8
@@ -133,6 +138,14 @@ def test_col4_recovers_truth_and_matches_two_way_fe():
     assert pp["prior_q01"] < pp["observed_min"] and pp["prior_q99"] > pp["observed_max"]
     assert "prior_predictive_col4" in col4.figures
     assert col4.idata.attrs["spec_id"] == "bayes_table3_col4"
+    # City effects integrated out while sampling, drawn afterwards from their exact conditional: their
+    # posterior means track the simulated effects (standardised scale, so compare by correlation).
+    u = col4.idata.posterior["city_effect_std"]
+    assert u.dims == ("chain", "draw", "city") and list(u.coords["city"].values) == sorted(set(
+        frame.index.get_level_values("city")))
+    rng = np.random.default_rng(7)
+    u_true = rng.normal(0.0, 1.0, 60)
+    assert np.corrcoef(u.mean(("chain", "draw")).values, u_true)[0, 1] > 0.9
 
 
 @pytest.mark.recovery
@@ -236,7 +249,6 @@ DEMO = Path(__file__).resolve().parents[1] / "data" / "demo" / "demo_panel.csv"
 
 
 @pytest.mark.recovery
-@pytest.mark.skipif(not DEMO.is_file(), reason="demo panel not bundled")
 def test_col4_on_the_demo_matches_two_way_fe():
     """The demo: nqp and agglomeration computed from the raw columns, column (4) within 0.1 SE of
     pyfixest's two-way FE for every coefficient."""
@@ -270,3 +282,89 @@ def test_spec_priors_are_read_and_checked(sim):
     assert logp_beta == pytest.approx(3 * (-0.5 * (2 / 7) ** 2 - np.log(7 * np.sqrt(2 * np.pi))))
     with pytest.raises(ValueError, match="prior 'beta' must be"):
         panel.build_panel_model(pdata, spec.replace(priors={"beta": {"dist": "cauchy", "beta": 1.0}}))
+
+
+@pytest.mark.parametrize("drop", [0.0, 0.3])
+def test_marginal_city_logp_is_the_dense_multivariate_normal(drop):
+    """The closed-form marginal density of column (4) (city effects integrated out) equals, at a random
+    parameter point, the sum over cities of dense multivariate-normal log-densities with covariance
+    sigma^2 I + sigma_city^2 11' and the mean rebuilt here from the panel; balanced and unbalanced."""
+    from scipy.stats import multivariate_normal
+
+    frame, _ = panel.simulate_panel(25, 6, seed=4)
+    frame = frame[np.random.default_rng(2).random(len(frame)) >= drop]
+    spec = load_spec("bayes_table3_col4")
+    assert spec.options["city_effects"] == "marginal"
+    pdata = panel.panel_data(frame, spec.outcome, spec.expand_terms(CONTROLS))
+    assert pdata.balanced == (drop == 0.0)
+    model = panel.build_panel_model(pdata, spec)
+    assert "city_effect_std" not in model.named_vars
+    rng = np.random.default_rng(3)
+    point = {k: v + rng.normal(0.0, 0.4, np.shape(v)) for k, v in model.initial_point().items()}
+    got = float(model.compile_logp(vars=[model["nqp"]])(point))
+
+    alpha = float(point["alpha"])
+    b = point["beta_std"]
+    gamma = point["gamma"]
+    s_e, s_u = np.exp(point["sigma_std_log__"]), np.exp(point["sigma_city_std_log__"])
+    # The year effects at this point: the ZeroSumNormal's value is its transformed (n_year - 1) vector.
+    (tau_value,) = model.replace_rvs_by_values([model["year_effect_std"]])
+    tau = model.compile_fn(tau_value, inputs=model.value_vars, on_unused_input="ignore")(point)
+    assert abs(tau.sum()) < 1e-12
+    within, zbar, _ = pdata.mundlak_parts(two_way=True)
+    y_mean, y_sd = pdata.y.mean(), pdata.y.std()
+    mean = y_mean + y_sd * (alpha + (zbar @ gamma)[pdata.city_idx] + within @ b + tau[pdata.year_idx])
+    want = 0.0
+    for i in range(len(pdata.cities)):
+        rows = pdata.city_idx == i
+        t = int(rows.sum())
+        cov = (y_sd * s_e) ** 2 * np.eye(t) + (y_sd * s_u) ** 2 * np.ones((t, t))
+        want += multivariate_normal(mean[rows], cov).logpdf(pdata.y[rows])
+    assert got == pytest.approx(want, rel=1e-9, abs=1e-6)
+    # Sampled-effects form of the same spec: different parameters, same data model (sanity of the switch).
+    sampled = panel.build_panel_model(pdata, spec.replace(options={"city_effects": "sampled"}))
+    assert "city_effect_std" in sampled.named_vars
+
+
+def test_marginal_form_only_for_the_normal_likelihood(sim):
+    frame, _ = sim
+    spec = load_spec("bayes_table3_col4")
+    assert panel.city_effects_marginal(spec, "normal")
+    assert not panel.city_effects_marginal(spec, "student_t")
+    pdata = panel.panel_data(frame, spec.outcome, spec.expand_terms(CONTROLS))
+    model = panel.build_panel_model(pdata, spec, likelihood="student_t")
+    assert model.named_vars_to_dims["city_effect_std"] == ("city",)
+    with pytest.raises(ValueError, match="city_effects"):
+        panel.build_panel_model(pdata, spec.replace(options={"city_effects": "integrated"}))
+
+
+def test_city_effects_are_drawn_from_their_exact_conditional():
+    """After marginal sampling, each draw of u_i follows u_i | y, rest ~ Normal; checked against the
+    Gaussian conditional computed here densely (cov(u_i, y_i) = s_u^2 1', Sigma_i = s_e^2 I + s_u^2 11'):
+    the standardised draws have mean 0 and sd 1 on an unbalanced panel."""
+    frame, _ = panel.simulate_panel(40, 6, seed=7)
+    frame = frame[np.random.default_rng(1).random(len(frame)) > 0.25]
+    spec = load_spec("bayes_table3_col4")
+    _, idata, pdata = panel.fit_spec(frame, spec, CONTROLS, SamplerSettings(draws=100, tune=300, chains=2,
+                                                                           seed=3))
+    post = idata.posterior.isel(draw=slice(0, 50))
+    u = post["city_effect_std"].transpose("chain", "draw", "city").values
+    ys = (pdata.y - pdata.y.mean()) / pdata.y.std()
+    within, zbar, _ = pdata.mundlak_parts(two_way=True)
+    z = []
+    for c in range(u.shape[0]):
+        for d in range(u.shape[1]):
+            p = post.isel(chain=c, draw=d)
+            centre = float(p["alpha"]) + zbar @ p["gamma"].values
+            m = within @ p["beta_std"].values + p["year_effect_std"].values[pdata.year_idx]
+            s_e2, s_u2 = float(p["sigma_std"]) ** 2, float(p["sigma_city_std"]) ** 2
+            for i in range(len(pdata.cities)):
+                rows = pdata.city_idx == i
+                t = int(rows.sum())
+                cov = s_e2 * np.eye(t) + s_u2 * np.ones((t, t))
+                gain = np.linalg.solve(cov, s_u2 * np.ones(t))
+                mean = centre[i] + gain @ (ys[rows] - m[rows] - centre[i])
+                var = s_u2 - s_u2 * gain.sum()
+                z.append((u[c, d, i] - mean) / np.sqrt(var))
+    z = np.asarray(z)
+    assert abs(z.mean()) < 0.05 and abs(z.std() - 1.0) < 0.05, (z.mean(), z.std())

@@ -28,6 +28,15 @@ Random effects (``random``, no Mundlak terms) are written in the same basis with
 beta: u_i ~ Normal(alpha + beta' xbar_i, sigma_city) beside beta' (x_it - xbar_i). That is exactly the
 classical random-effects model, reparameterised so it mixes as well as the Mundlak one.
 
+Marginal city effects (``options.city_effects = "marginal"``, Normal likelihood only; column (4) uses
+it): the Gaussian city effects are integrated out analytically. Each city's rows are jointly
+Normal(mean, sigma^2 I + sigma_city^2 11'), whose log-density splits into a within part (T_i - 1 df) and
+a between part (the city mean residual ~ Normal(0, sigma^2 / T_i + sigma_city^2)); see
+``marginal_city_logp``. The same model with ~n_city fewer parameters and an O(n) gradient;
+``city_effect_std`` is drawn after sampling from its exact conditional (``draw_city_effects``, called
+by ``fit_spec``). Other likelihoods keep sampled effects whatever the option says. The per-row entries
+of this likelihood are not pointwise log-likelihoods, so specs used for LOO keep the sampled form.
+
 Year effects (``zerosum``) are ZeroSumNormal with a FIXED scale (no hierarchical sd): this is the
 Bayesian counterpart of year dummies (fixed effects under a weak prior), which is what reproduces the
 two-way within estimator; a hierarchical sd would shrink ten year effects toward zero and move beta off
@@ -273,7 +282,8 @@ def build_panel_model(pdata: PanelData, spec: ModelSpec, *, likelihood: str | No
     city_form = spec.options.get("city_param", "auto")
     if city_form not in ("auto", "centred", "noncentred"):
         raise ValueError(f"{spec.id}: options.city_param must be auto, centred or noncentred")
-    if city_form == "auto" and city_eff != "none":
+    marginal = city_effects_marginal(spec, likelihood)
+    if city_form == "auto" and city_eff != "none" and not marginal:
         city_form = choose_city_param(pdata, likelihood)
 
     terms = list(pdata.terms)
@@ -375,12 +385,19 @@ def build_panel_model(pdata: PanelData, spec: ModelSpec, *, likelihood: str | No
             elif re_means is not None:
                 Xbar = pm.Data("Xbar", re_means, dims=(CITY, COEF))
                 centre = alpha + Xbar @ b_std
-            if city_form == "centred":
+            if marginal:
+                # Integrated out: the likelihood below is the exact marginal density of each city's rows.
+                # The city-level part of the mean stays at city level (never expanded to the rows).
+                counts = pm.Data("city_count", np.bincount(pdata.city_idx, minlength=len(pdata.cities))
+                                 .astype(np.float64), dims=CITY)
+                city_level = centre if centre is not alpha else alpha * pt.ones_like(counts)
+            elif city_form == "centred":
                 u = pm.Normal("city_effect_std", centre, sigma_city, dims=CITY)
+                eta = eta + u[city_idx]
             else:
                 u_z = pm.Normal("city_z", 0.0, 1.0, dims=CITY)
                 u = pm.Deterministic("city_effect_std", centre + sigma_city * u_z, dims=CITY)
-            eta = eta + u[city_idx]
+                eta = eta + u[city_idx]
 
         if year_eff == "zerosum":
             tau = pm.ZeroSumNormal("year_effect_std", sigma=prior(spec, "year")["sigma"], dims=YEAR)
@@ -394,7 +411,21 @@ def build_panel_model(pdata: PanelData, spec: ModelSpec, *, likelihood: str | No
         mu = y_centre + y_scale * eta
         scale = y_scale * sigma
         y_data = pm.Data("y", pdata.y, dims=OBS)
-        if likelihood == "normal":
+        if marginal:
+            # mu holds the part of the mean that varies within a city; its city means are the year
+            # effects' city means (the within regressors have zero city means by construction).
+            if not np.allclose(pdata.city_means(Zx), 0.0, atol=1e-9):
+                raise ValueError(f"{spec.id}: marginal city effects need within-city regressors")
+            if year_eff != "none":
+                share = pm.Data("year_share", pdata.city_means(np.eye(len(pdata.years))[pdata.year_idx]),
+                                dims=(CITY, YEAR))
+                mu_bar = y_centre + y_scale * (share @ tau)
+            else:
+                mu_bar = y_centre * pt.ones_like(counts)
+            pm.CustomDist("nqp", mu, mu_bar, y_scale * city_level, scale, y_scale * sigma_city, city_idx,
+                          counts, logp=marginal_city_logp, random=marginal_city_random, observed=y_data,
+                          dims=OBS)
+        elif likelihood == "normal":
             pm.Normal("nqp", mu=mu, sigma=scale, observed=y_data, dims=OBS)
         elif likelihood == "student_t":
             p = prior(spec, "nu")
@@ -414,6 +445,101 @@ def build_panel_model(pdata: PanelData, spec: ModelSpec, *, likelihood: str | No
                 pm.Deterministic("group_mean", y_scale * gm / x_sd_slope)
             pm.Deterministic("group_sd", y_scale * gsd / x_sd_slope)
     return model
+
+
+def city_effects_marginal(spec: ModelSpec, likelihood: str) -> bool:
+    """Whether the city effects are integrated out: ``options.city_effects = "marginal"`` with city
+    effects and the Normal likelihood (the only one with a closed-form marginal); otherwise "sampled"."""
+    form = spec.options.get("city_effects", "sampled")
+    if form not in ("sampled", "marginal"):
+        raise ValueError(f"{spec.id}: options.city_effects must be sampled or marginal")
+    return form == "marginal" and likelihood == "normal" and spec.effects.get("city", "none") != "none"
+
+
+def marginal_city_logp(value, mu, mu_bar, city_mean, sigma, sigma_city, city_idx, counts):
+    """Log-density of y with Normal city effects integrated out.
+
+    The mean of y_it is mu_it + city_mean_i, mu_bar_i being the city mean of mu. City i's T_i rows are
+    jointly Normal(mean_i, sigma^2 I + sigma_city^2 11'); with residuals r = y - mean, city means rbar_i
+    and within sums of squares SS_i the exact log-density is the within part (T_i - 1 df:
+    -(T_i - 1) log(sqrt(2 pi) sigma) - SS_i / (2 sigma^2)) plus the between part
+    log Normal(rbar_i; 0, sigma^2 / T_i + sigma_city^2) - log(T_i) / 2.
+
+    Cost: SS_i = sum_t (y_it - mu_it)^2 - T_i (ybar_i - mu_bar_i)^2, so the only row-level work is
+    (y - mu)^2 and the city means of y (which carry no gradient); everything else is city-level. The
+    per-city terms are spread evenly over the rows so the vector sums to the joint density; its entries
+    are therefore not pointwise log-likelihoods (use the sampled form for LOO).
+    """
+    n = value.shape[0]
+    ybar = pt.zeros_like(counts)[city_idx].inc(value) / counts
+    rw_bar = ybar - mu_bar
+    ss_within = pt.sum((value - mu) ** 2) - pt.sum(counts * rw_bar ** 2)
+    log_sigma = pt.log(sigma)
+    within = (-(n - counts.shape[0]) * (log_sigma + 0.5 * np.log(2.0 * np.pi))
+              - ss_within / (2.0 * sigma ** 2))
+    var_between = sigma ** 2 / counts + sigma_city ** 2
+    rbar = rw_bar - city_mean
+    between = pt.sum(-0.5 * pt.log(2.0 * np.pi * var_between) - rbar ** 2 / (2.0 * var_between)
+                     - 0.5 * pt.log(counts))
+    return pt.zeros_like(value) + (within + between) / n
+
+
+def marginal_city_random(mu, mu_bar, city_mean, sigma, sigma_city, city_idx, counts, rng=None, size=None):
+    """Draws of y from the marginal model: mean, one Normal city effect per city, Normal noise."""
+    rng = rng if rng is not None else np.random.default_rng()
+    mu = np.asarray(mu, dtype=float)
+    city_idx = np.asarray(city_idx)
+    u = np.asarray(city_mean) + rng.standard_normal(np.shape(counts)) * sigma_city
+    out = mu + u[city_idx] + sigma * rng.standard_normal(mu.shape)
+    return out if size is None else np.broadcast_to(out, size).copy()
+
+
+def draw_city_effects(idata: az.InferenceData, model: pm.Model, pdata: PanelData, *, seed: int) -> None:
+    """For the marginal form: add ``city_effect_std`` (dims city, standardised scale) to the posterior,
+    one exact draw per posterior draw from u_i | rest ~ Normal(centre_i + m_i, v_i), where
+    v_i = 1 / (T_i / sigma^2 + 1 / sigma_city^2) and m_i = v_i T_i rbar_i / sigma^2 with rbar_i the city's
+    mean residual around the model without the city effect (all on the standardised scale)."""
+    if "city_effect_std" in idata.posterior or "city_count" not in model.named_vars:
+        return
+    post = idata.posterior
+    y_centre = float(model["y_centre"].get_value())
+    y_scale = float(model["y_scale"].get_value())
+    ys = (np.asarray(model["y"].get_value()) - y_centre) / y_scale
+    X = np.asarray(model["X"].get_value())
+    city_idx = np.asarray(model["city_idx"].get_value())
+    counts = np.asarray(model["city_count"].get_value())
+    n_city = len(counts)
+    b = post["beta_std"].transpose("chain", "draw", COEF).values
+    alpha = post["alpha"].values
+    centre = np.broadcast_to(alpha[..., None], alpha.shape + (n_city,)).copy()
+    if "gamma" in post:
+        centre = centre + np.einsum("cm,abm->abc", np.asarray(model["Zbar"].get_value()),
+                                    post["gamma"].transpose("chain", "draw", "mundlak").values)
+    elif "Xbar" in model.named_vars:
+        centre = centre + np.einsum("ck,abk->abc", np.asarray(model["Xbar"].get_value()), b)
+    # City mean residuals from city-level summaries only (O(draws x cities), never draws x rows).
+    def city_mean(values: np.ndarray) -> np.ndarray:
+        values = values.reshape(len(city_idx), -1)
+        return np.stack([np.bincount(city_idx, values[:, c], minlength=n_city) for c in
+                         range(values.shape[1])], axis=1) / counts[:, None]
+
+    rbar = city_mean(ys)[:, 0] - centre - np.einsum("ck,abk->abc", city_mean(X), b)
+    if "year_effect_std" in post:
+        share = city_mean(np.eye(len(pdata.years))[np.asarray(model["year_idx"].get_value())])
+        rbar = rbar - np.einsum("ct,abt->abc", share, post["year_effect_std"].transpose("chain", "draw", YEAR)
+                                .values)
+    if "beta_group_std" in post:
+        g_idx = np.asarray(model["group_idx"].get_value())
+        bg = post["beta_group_std"].values
+        rbar = rbar - city_mean(np.asarray(model["x_slope"].get_value()))[:, 0] * bg[..., g_idx]
+    sums = counts * rbar
+    s2 = post["sigma_std"].values[..., None] ** 2
+    sc2 = post["sigma_city_std"].values[..., None] ** 2
+    var = 1.0 / (counts / s2 + 1.0 / sc2)
+    mean = var * sums / s2
+    noise = np.random.default_rng(seed).standard_normal(mean.shape)
+    idata.posterior["city_effect_std"] = (("chain", "draw", CITY), centre + mean + np.sqrt(var) * noise)
+    idata.posterior = idata.posterior.assign_coords({CITY: list(pdata.cities)})
 
 
 def draw_group_mean(idata: az.InferenceData, spec: ModelSpec, pdata: PanelData, *, seed: int,
@@ -436,7 +562,9 @@ def draw_group_mean(idata: az.InferenceData, spec: ModelSpec, pdata: PanelData, 
 def cache_key(spec: ModelSpec, pdata: PanelData, likelihood: str, extra: str = "") -> str:
     """Structure key for the compiled-model cache: spec hash, likelihood and data shapes."""
     form = spec.options.get("city_param", "auto")
-    if form == "auto" and spec.effects.get("city", "none") != "none":
+    if city_effects_marginal(spec, likelihood):
+        form = "marginal"
+    elif form == "auto" and spec.effects.get("city", "none") != "none":
         form = choose_city_param(pdata, likelihood)
     return f"{spec.spec_hash}:{likelihood}:{form}:{pdata.n}:{len(pdata.cities)}:{len(pdata.years)}:" \
            f"{len(pdata.terms)}:{pdata.balanced}:{extra}"
@@ -491,6 +619,7 @@ def fit_spec(frame: pd.DataFrame, spec: ModelSpec, controls: tuple[str, ...] | l
         extra_key += f"|{group_dim}:{len(model.coords[group_dim])}"
     idata = sample(model, spec.sampler_settings(settings), cache_key=cache_key(spec, pdata, lik, extra_key),
                    log_likelihood=log_likelihood)
+    draw_city_effects(idata, model, pdata, seed=spec.sampler_settings(settings).seed)
     return model, idata, pdata
 
 
@@ -668,7 +797,8 @@ def hdi_contains(idata: az.InferenceData, var: str, truth: float | np.ndarray, p
     return (lo <= truth) & (truth <= hi)
 
 
-__all__ = ["PanelData", "panel_data", "build_panel_model", "fit_spec", "fit_table3", "fit_random_effects",
+__all__ = ["PanelData", "panel_data", "build_panel_model", "fit_spec", "city_effects_marginal",
+           "marginal_city_logp", "draw_city_effects", "fit_table3", "fit_random_effects",
            "fit_likelihoods", "prior_predictive_check", "finish", "prior", "hdi_contains", "simulate_panel"]
 
 
