@@ -318,10 +318,9 @@ def _demo_frame() -> tuple[pd.DataFrame, dict] | None:
 
 
 @pytest.mark.recovery
-def test_demo_panel_if_present():
+def test_demo_panel():
     loaded = _demo_frame()
-    if loaded is None:
-        pytest.skip("demo panel not built yet")
+    assert loaded is not None, "the bundled demo panel is missing"
     frame, truth = loaded
     settings = SamplerSettings(draws=1000, tune=1000, chains=4, seed=5)
     result = med.fit_mediation(frame, names.CONTROLS, names.MECHANISMS, settings, _table4_oracles(frame))

@@ -328,8 +328,7 @@ def test_sar_sem_slx_recover_truth(model):
 @pytest.mark.recovery
 def test_sdm_on_real_geography():
     w = real_weights()
-    if w is None:
-        pytest.skip("bundled geography not available")
+    assert w is not None, "the bundled geography is missing"
     frame = simulate(w, t=5, rho=0.3, seed=8)
     res = S.fit_sdm(frame, CONTROLS, w, FAST, None, model="sdm")
     s = res.summary

@@ -53,8 +53,7 @@ def real_weights() -> SpatialWeights | None:
 def weights(request) -> SpatialWeights:
     if request.param == "real":
         w = real_weights()
-        if w is None:
-            pytest.skip("bundled geography not available")
+        assert w is not None, "the bundled geography is missing"
         return w
     return make_graph()
 
