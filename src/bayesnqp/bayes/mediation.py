@@ -392,6 +392,14 @@ def _draws(idata: az.InferenceData, var: str) -> np.ndarray:
     return da.stack(sample=("chain", "draw")).transpose("sample", *other).to_numpy()
 
 
+def _sem_draws(idata: az.InferenceData, k: int, n_draws: int) -> tuple[np.ndarray, ...]:
+    """a, b, c, loadings, theta, sigma, psi draws (standardised scale) and ``n_draws`` evenly spread picks."""
+    a, b, c = _draws(idata, "a_std"), _draws(idata, "b_std"), _draws(idata, "c_std")
+    lam, theta, sigma = _draws(idata, "loading_std"), _draws(idata, "theta"), _draws(idata, "sigma")
+    pick = np.linspace(0, len(a) - 1, n_draws).round().astype(int)
+    return a, b, c, lam, theta, sigma, _psi_draws(idata, k), pick
+
+
 def _psi_draws(idata: az.InferenceData, k: int) -> np.ndarray:
     if "zeta_corr" in idata.posterior:
         sd = _draws(idata, "zeta_stds")
@@ -411,10 +419,7 @@ def latent_posterior(idata: az.InferenceData, data: MediationData, n_draws: int 
     the city/year effects and the controls are removed. Gaussian conditional of the joint SEM."""
     rng = np.random.default_rng(seed)
     k = len(data.mechanisms)
-    a, b, c = _draws(idata, "a_std"), _draws(idata, "b_std"), _draws(idata, "c_std")
-    lam, theta, sigma = _draws(idata, "loading_std"), _draws(idata, "theta"), _draws(idata, "sigma")
-    psi = _psi_draws(idata, k)
-    pick = np.linspace(0, len(a) - 1, n_draws).round().astype(int)
+    a, b, c, lam, theta, sigma, psi, pick = _sem_draws(idata, k, n_draws)
     lam_mat = np.zeros((2 * k, k))
     out = np.empty((n_draws, len(data.x), k))
     for j, s in enumerate(pick):
@@ -499,10 +504,7 @@ def predictive_draws(idata: az.InferenceData, data: MediationData, n_draws: int,
     with covariance Sigma passed through the same within / partialling projection as the data."""
     rng = np.random.default_rng(seed)
     k = len(data.mechanisms)
-    a, b, c = _draws(idata, "a_std"), _draws(idata, "b_std"), _draws(idata, "c_std")
-    lam, theta, sigma = _draws(idata, "loading_std"), _draws(idata, "theta"), _draws(idata, "sigma")
-    psi = _psi_draws(idata, k)
-    pick = np.linspace(0, len(a) - 1, n_draws).round().astype(int)
+    a, b, c, lam, theta, sigma, psi, pick = _sem_draws(idata, k, n_draws)
     reps = np.empty((n_draws, len(data.x), 2 * k + 1))
     for j, s in enumerate(pick):
         pi, sig = implied_moments(a[s], b[s], c[s], lam[s], theta[s], psi[s], sigma[s])

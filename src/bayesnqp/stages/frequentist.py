@@ -29,6 +29,19 @@ def _num(x: Any) -> str:
     return "-inf/inf" if x is None else f"{x:.4f}"
 
 
+def _oracle_table(ctx: RunContext, sec, analysis_id: str, run, *, title: str, caption: str,
+                  labels=None, terms=None) -> list[AnalysisResult]:
+    """Run a family of oracles, record each, and show them as one paper-style table."""
+    res = ctx.guarded(analysis_id, run, sec) or []
+    for x in res:
+        ctx.add_oracle(x)
+    if res:
+        column_labels = labels(res) if callable(labels) else (labels or [x.id for x in res])
+        ctx.report.table(sec, analysis_id, paper_table(res, title=title, column_labels=column_labels, terms=terms),
+                         caption)
+    return res
+
+
 def stage_frequentist(ctx: RunContext) -> None:
     study, report = ctx.study, ctx.report
     r = study.roles
@@ -36,35 +49,27 @@ def stage_frequentist(ctx: RunContext) -> None:
     outcome, treatment = r.outcome, r.treatment
 
     sec = report.section("table3", "Baseline: Table 3 (frequentist)")
-    res = ctx.guarded("table3", lambda: fq.table3(f, outcome, treatment, controls, se=se), sec)
-    if res:
-        for x in res:
-            ctx.add_oracle(x)
-        report.table(sec, "table3", paper_table(res, title="Table 3 - baseline regressions",
-                                                column_labels=["(1)", "(2)", "(3)", "(4)"]),
-                     "Table 3: pooled OLS; + controls; + city FE; + city and year FE")
+    if _oracle_table(ctx, sec, "table3", lambda: fq.table3(f, outcome, treatment, controls, se=se),
+                     title="Table 3 - baseline regressions", labels=["(1)", "(2)", "(3)", "(4)"],
+                     caption="Table 3: pooled OLS; + controls; + city FE; + city and year FE"):
         report.text(sec, "Paper, column (4): agglomeration 0.0100*** (0.0010), R2 0.3664. The paper does not say "
                          "which standard errors it used; these are as the note under the table says.")
 
     sec = report.section("iv", "Endogeneity: instrumental variables and sensitivity")
     if r.instrument:
-        res = ctx.guarded("iv_2sls", lambda: fq.iv_2sls(f, outcome, treatment, controls, r.instrument, se=se), sec)
+        res = _oracle_table(ctx, sec, "iv_2sls",
+                            lambda: fq.iv_2sls(f, outcome, treatment, controls, r.instrument, se=se),
+                            title="2SLS with city and year FE",
+                            caption="Second stage: distance to Hangzhou x year dummies (over-identified) and x "
+                                    "linear trend (just-identified)")
         if res:
-            for x in res:
-                ctx.add_oracle(x)
-            report.table(sec, "iv_2sls", paper_table(res, title="2SLS with city and year FE",
-                                                     column_labels=[x.id for x in res]),
-                         "Second stage: distance to Hangzhou x year dummies (over-identified) and x linear "
-                         "trend (just-identified)")
             for x in res:
                 if "first_stage" in x.tables:
                     report.table(sec, f"{x.id}_first_stage", x.tables["first_stage"],
                                  f"First stage of {x.id}: {treatment} on the instruments (partialled FE, controls)")
             report.table(sec, "iv_diagnostics", _diagnostics_table(res, []),
                          "Instrument strength and identification diagnostics")
-            for x in res:
-                for note in x.notes:
-                    report.text(sec, f"{x.id}: {note}")
+            _notes(ctx, sec, res)
     else:
         ctx.skip("iv_2sls", "instrumental variables skipped: no distance column", sec)
     if "table3_col4" in ctx.oracles:
@@ -79,44 +84,37 @@ def stage_frequentist(ctx: RunContext) -> None:
                         "impact threshold 0.1681 (r = 0.410 with treatment and outcome).")
 
     sec = report.section("robustness", "Robustness of Table 3 (4)")
-    res = ctx.guarded("robustness", lambda: fq.robustness(f, outcome, treatment, controls, se=se), sec)
-    if res:
-        for x in res:
-            ctx.add_oracle(x)
-        report.table(sec, "robustness", paper_table(res, title="Robustness checks",
-                                                    column_labels=[x.id.removeprefix("robustness_") for x in res],
-                                                    terms=[treatment]),
-                     "Winsorised 1%/99%; without the four municipalities; lagged agglomeration; Driscoll-Kraay SE")
-        for x in res:
-            for note in x.notes:
-                report.text(sec, f"{x.id}: {note}")
+    res = _oracle_table(ctx, sec, "robustness", lambda: fq.robustness(f, outcome, treatment, controls, se=se),
+                        title="Robustness checks", terms=[treatment],
+                        labels=lambda rs: [x.id.removeprefix("robustness_") for x in rs],
+                        caption="Winsorised 1%/99%; without the four municipalities; lagged agglomeration; "
+                                "Driscoll-Kraay SE")
+    _notes(ctx, sec, res)
 
     sec = report.section("mechanisms", "Mechanisms: Table 4 (frequentist)")
     indicators = [c for pair in r.mechanisms.values() for c in pair]
     if indicators:
-        res = ctx.guarded("table4", lambda: fq.mechanisms(f, treatment, indicators, controls, se=se), sec)
-        if res:
-            for x in res:
-                ctx.add_oracle(x)
-            report.table(sec, "table4", paper_table(res, title="Table 4 - mechanism regressions",
-                                                    column_labels=indicators, terms=[treatment, "constant"]),
-                         "Each mechanism indicator on agglomeration + controls + city and year FE "
-                         "(Jiang Ting 2022)")
+        _oracle_table(ctx, sec, "table4", lambda: fq.mechanisms(f, treatment, indicators, controls, se=se),
+                      title="Table 4 - mechanism regressions", labels=indicators, terms=[treatment, "constant"],
+                      caption="Each mechanism indicator on agglomeration + controls + city and year FE "
+                              "(Jiang Ting 2022)")
     else:
         ctx.skip("table4", "mechanism regressions skipped: no mechanism indicators in the data", sec)
 
     sec = report.section("heterogeneity", "Heterogeneity: median splits (frequentist)")
     if r.splitters:
-        res = ctx.guarded("heterogeneity",
-                          lambda: fq.heterogeneity(f, outcome, treatment, controls, list(r.splitters), se=se), sec)
-        if res:
-            for x in res:
-                ctx.add_oracle(x)
-            report.table(sec, "heterogeneity", paper_table(res, title="Median splits",
-                                                           column_labels=list(r.splitters)),
-                         "Agglomeration slope in the low and high groups and their difference "
-                         "(fully interacted model)")
-            if res[0].notes:
-                report.text(sec, " ".join(res[0].notes))
+        res = _oracle_table(ctx, sec, "heterogeneity",
+                            lambda: fq.heterogeneity(f, outcome, treatment, controls, list(r.splitters), se=se),
+                            title="Median splits", labels=list(r.splitters),
+                            caption="Agglomeration slope in the low and high groups and their difference "
+                                    "(fully interacted model)")
+        if res and res[0].notes:
+            report.text(sec, " ".join(res[0].notes))
     else:
         ctx.skip("heterogeneity", "heterogeneity skipped: no splitter columns", sec)
+
+
+def _notes(ctx: RunContext, sec, results: list[AnalysisResult]) -> None:
+    for x in results:
+        for note in x.notes:
+            ctx.report.text(sec, f"{x.id}: {note}")
