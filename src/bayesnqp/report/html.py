@@ -98,6 +98,10 @@ class ReportBuilder:
             base.with_suffix(".md").write_text(table.to_markdown() + "\n", encoding="utf-8")
             base.with_suffix(".tex").write_text(table.to_latex() + "\n", encoding="utf-8")
             body = table.to_html()  # carries its own note (standard errors, stars) in the footer
+        if self.synthetic:  # every page made from the demo says so, the exported tables included
+            for suffix, line in ((".md", f"\n*{SYNTHETIC_BANNER}*\n"), (".tex", f"% {SYNTHETIC_BANNER}\n")):
+                path = base.with_suffix(suffix)
+                path.write_text(path.read_text(encoding="utf-8") + line, encoding="utf-8")
         links = " ".join(f'<a href="tables/{stem}{ext}">{ext[1:]}</a>' for ext in (".csv", ".md", ".tex"))
         note_html = "".join(f"<br>{html.escape(line)}" for line in note.splitlines() if line)
         section.blocks.append(Block("table", f'<figure class="table"><figcaption>{html.escape(caption)}'
