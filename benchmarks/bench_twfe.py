@@ -25,7 +25,7 @@ import pymc as pm
 import pyfixest as pf
 
 from bayesnqp.bayes import panel
-from bayesnqp.bayes.sampling import SamplerSettings, compile_nutpie
+from bayesnqp.bayes.sampling import compile_nutpie
 from bayesnqp.bayes.spec import load_spec
 from bayesnqp.names import CONTROLS
 

@@ -222,7 +222,7 @@ def test_sdm_logp_differences_match_numpy(form):
     point = model.initial_point()
     lo, hi = w.rho_bounds
     y_sd = np.std(data.y)
-    n, t = w.n, len(data.years)
+    t = len(data.years)
     vals = []
     for rho in (-0.3, 0.5):
         pt_ = dict(point)
@@ -292,7 +292,7 @@ def test_sdm_recovers_truth_and_ml(sdm_case):
     # effects of the truth, from a dense inverse
     wd = w.row_standardised.toarray()
     inv = np.linalg.inv(np.eye(w.n) - 0.4 * wd)
-    for j, (term, b, t) in enumerate([("agglomeration", 1.0, 0.5), ("develop", -0.5, 0.3)]):
+    for term, b, t in [("agglomeration", 1.0, 0.5), ("develop", -0.5, 0.3)]:
         smat = inv @ (b * np.eye(w.n) + t * wd)
         direct, total = np.trace(smat) / w.n, smat.sum() / w.n
         assert _in_interval(s.loc[f"direct_effect[{term}]"], direct)

@@ -342,7 +342,7 @@ def test_moran_matches_formula_and_esda(w):
     smooth = np.concatenate([grid // 10 + grid % 10, [3.0, 4.0, 5.0, 6.0, 0.0]])  # strongly clustered
     rows = []
     stripes = np.concatenate([(-1.0) ** (grid // 10), [1.0, -1.0, 1.0, -1.0, 0.0]])  # negative autocorrelation
-    for t, year in enumerate(range(2015, 2019)):
+    for year in range(2015, 2019):
         base = stripes if year == 2018 else smooth
         x = base + rng.normal(size=n) * (50.0 if year == 2017 else 0.3)
         rows += [(c, year, v) for c, v in zip(w.ids, x)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -73,8 +72,10 @@ def run(
     _quiet_library_warnings()
     from .study import RunOptions, run_study
 
-    if sampler not in ("nutpie", "pymc", "numpyro"):
-        err.print(f"[bold red]error:[/] --sampler must be nutpie, pymc or numpyro, not {sampler!r}")
+    from .bayes.sampling import SAMPLERS
+
+    if sampler not in SAMPLERS:
+        err.print(f"[bold red]error:[/] --sampler must be one of {', '.join(SAMPLERS)}, not {sampler!r}")
         raise typer.Exit(EXIT_INPUT)
     options = RunOptions(out=out_dir, draws=draws, tune=tune, chains=chains, seed=seed, quick=quick,
                          strict=strict, sampler=sampler, bayes=not no_bayes)
@@ -141,10 +142,3 @@ def demo_data(
     write_demo(out_file, seed=seed)
     out.print(f"wrote {out_file} and {out_file.with_name('truth.json')}", highlight=False)
 
-
-def main() -> None:  # pragma: no cover - console entry for `python -m bayesnqp`
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

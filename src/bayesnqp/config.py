@@ -79,10 +79,6 @@ class StudyConfig:
     explicit: frozenset[str] = frozenset()
     source: str = "(defaults)"
 
-    @property
-    def mechanism_indicators(self) -> tuple[str, ...]:
-        return tuple(c for pair in self.mechanisms.values() for c in pair)
-
 
 def load_config(path: str | Path | None) -> StudyConfig:
     """Read and check a study config; ``None`` gives the paper's defaults."""

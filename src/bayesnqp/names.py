@@ -66,8 +66,7 @@ SPLITTERS: tuple[str, ...] = (
 # Instrument input: great-circle distance of the city seat to Hangzhou's seat (km).
 DIST_HANGZHOU = "dist_hangzhou"
 
-# Geography columns (data/geography/cities.csv).
-ADCODE = "adcode"
+# Geography column (data/geography/cities.csv) holding each city's province.
 PROVINCE = "province"
 
 # The four municipalities (dropped in one robustness check).

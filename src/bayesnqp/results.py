@@ -17,25 +17,23 @@ import pandas as pd
 COEF_COLUMNS = ("estimate", "std_error", "statistic", "p_value", "ci_low", "ci_high")
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """Turn numpy scalars / arrays / NaN into plain JSON values (NaN -> None)."""
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, np.ndarray):
-        return [_json_safe(v) for v in value.tolist()]
+        return [json_safe(v) for v in value.tolist()]
     if isinstance(value, (np.integer,)):
         return int(value)
     if isinstance(value, (float, np.floating)):
         value = float(value)
         return None if math.isnan(value) or math.isinf(value) else value
     if isinstance(value, pd.DataFrame):
-        return {str(i): _json_safe(row.to_dict()) for i, row in value.iterrows()}
+        return {str(i): json_safe(row.to_dict()) for i, row in value.iterrows()}
     return value
 
-
-json_safe = _json_safe
 
 
 @dataclass(frozen=True)
@@ -82,7 +80,7 @@ class AnalysisResult:
             block["notes"] = list(self.notes)
         if self.extra:
             block["extra"] = self.extra
-        return _json_safe(block)
+        return json_safe(block)
 
 
 def coef_frame(terms: list[str], estimate, std_error, statistic, p_value, ci_low, ci_high) -> pd.DataFrame:

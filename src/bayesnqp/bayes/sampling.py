@@ -12,14 +12,14 @@ import hashlib
 import os
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import arviz as az
 import numpy as np
 import pymc as pm
 
 SamplerName = Literal["nutpie", "pymc", "numpyro"]
-SAMPLERS: tuple[str, ...] = ("nutpie", "pymc", "numpyro")
+SAMPLERS: tuple[str, ...] = get_args(SamplerName)
 
 
 @dataclass(frozen=True)

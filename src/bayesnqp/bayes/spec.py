@@ -128,6 +128,3 @@ def load_spec(name_or_path: str | Path) -> ModelSpec:
         raise InputError([Problem(str(path), f"spec id '{spec.id}' must equal the file name '{path.stem}'")])
     return spec
 
-
-def list_specs() -> list[str]:
-    return sorted(p.stem for p in bundled("models").glob("*.toml"))

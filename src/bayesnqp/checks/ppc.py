@@ -8,7 +8,6 @@ matplotlib Figures (Agg backend).
 
 from __future__ import annotations
 
-from typing import Any
 
 import arviz as az
 import matplotlib
@@ -171,7 +170,3 @@ def residuals_figure(table: pd.DataFrame, *, title: str = "") -> Figure:
     fig.tight_layout()
     return fig
 
-
-def summary_numbers(idata: az.InferenceData, var: str) -> dict[str, Any]:
-    """The JSON-able PPC numbers (p-values of every statistic)."""
-    return test_statistics(idata, var)

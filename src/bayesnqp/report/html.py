@@ -86,22 +86,18 @@ class ReportBuilder:
         """Write tables/<name>.csv/.md/.tex and put the HTML into the section."""
         stem = _slug(name)
         base = self.out / "tables" / stem
+        table.to_csv(base.with_suffix(".csv"))
         if isinstance(table, pd.DataFrame):
-            shown = table.copy()
-            shown.to_csv(base.with_suffix(".csv"))
-            formatted = shown.map(lambda v: _fmt(v, digits))
-            base.with_suffix(".md").write_text(formatted.to_markdown() + "\n", encoding="utf-8")
-            base.with_suffix(".tex").write_text(formatted.to_latex(escape=True) + "\n", encoding="utf-8")
+            formatted = table.map(lambda v: _fmt(v, digits))
+            markdown, latex = formatted.to_markdown(), formatted.to_latex(escape=True)
             body = formatted.to_html(classes="data", border=0, escape=True)
         else:
-            table.to_csv(base.with_suffix(".csv"))
-            base.with_suffix(".md").write_text(table.to_markdown() + "\n", encoding="utf-8")
-            base.with_suffix(".tex").write_text(table.to_latex() + "\n", encoding="utf-8")
+            markdown, latex = table.to_markdown(), table.to_latex()
             body = table.to_html()  # carries its own note (standard errors, stars) in the footer
-        if self.synthetic:  # every page made from the demo says so, the exported tables included
-            for suffix, line in ((".md", f"\n*{SYNTHETIC_BANNER}*\n"), (".tex", f"% {SYNTHETIC_BANNER}\n")):
-                path = base.with_suffix(suffix)
-                path.write_text(path.read_text(encoding="utf-8") + line, encoding="utf-8")
+        # every page made from the demo says so, the exported tables included
+        stamp_md, stamp_tex = (f"\n*{SYNTHETIC_BANNER}*\n", f"% {SYNTHETIC_BANNER}\n") if self.synthetic else ("", "")
+        base.with_suffix(".md").write_text(markdown + "\n" + stamp_md, encoding="utf-8")
+        base.with_suffix(".tex").write_text(latex + "\n" + stamp_tex, encoding="utf-8")
         links = " ".join(f'<a href="tables/{stem}{ext}">{ext[1:]}</a>' for ext in (".csv", ".md", ".tex"))
         note_html = "".join(f"<br>{html.escape(line)}" for line in note.splitlines() if line)
         section.blocks.append(Block("table", f'<figure class="table"><figcaption>{html.escape(caption)}'

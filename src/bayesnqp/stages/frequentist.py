@@ -12,12 +12,12 @@ from ..results import AnalysisResult
 from .context import RunContext
 
 
-def _diagnostics_table(results: list[AnalysisResult], keys: list[str]) -> pd.DataFrame:
+def _diagnostics_table(results: list[AnalysisResult]) -> pd.DataFrame:
     """Scalar entries of ``extra`` (first-stage F, KP, CD, ...) side by side, one column per result."""
     rows: dict[str, dict[str, Any]] = {}
     for r in results:
         for k, v in r.extra.items():
-            if (not keys or k in keys) and isinstance(v, (int, float, str, bool)) and not isinstance(v, bool):
+            if isinstance(v, (int, float, str)) and not isinstance(v, bool):
                 rows.setdefault(k, {})[r.id] = v
             elif isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) or x is None
                                                                       for x in v):
@@ -67,7 +67,7 @@ def stage_frequentist(ctx: RunContext) -> None:
                 if "first_stage" in x.tables:
                     report.table(sec, f"{x.id}_first_stage", x.tables["first_stage"],
                                  f"First stage of {x.id}: {treatment} on the instruments (partialled FE, controls)")
-            report.table(sec, "iv_diagnostics", _diagnostics_table(res, []),
+            report.table(sec, "iv_diagnostics", _diagnostics_table(res),
                          "Instrument strength and identification diagnostics")
             _notes(ctx, sec, res)
     else:
