@@ -129,3 +129,42 @@ def test_province_labels_fall_back_when_the_font_lacks_glyphs():
     labels = groups.display_labels(provinces, {"北京市": "Beijing"})
     assert labels["北京市"] == "Beijing" and labels["P9"] == "P9"
     assert labels["浙江省"] == ("浙江省" if groups.can_render("浙江省") else "330000")
+
+
+def group_trend_panel(seed: int = 0, n_city: int = 60, n_year: int = 8, slopes=(0.5, 1.5)):
+    """Two groups with different agglomeration slopes AND different treatment trends (steeper in the high
+    group): the case in which a two-way deviation of the slope term biases group slopes."""
+    rng = np.random.default_rng(seed)
+    cities = [f"{110000 + 100 * i:06d}" for i in range(n_city)]
+    high = np.arange(n_city) >= n_city // 2
+    u = rng.normal(0, 1, n_city)
+    tau = rng.normal(0, 0.5, n_year)
+    ci, ti = np.repeat(np.arange(n_city), n_year), np.tile(np.arange(n_year), n_city)
+    x = 0.8 * u[ci] + np.where(high, 0.4, 0.05)[ci] * ti + rng.normal(0, 1, ci.size)
+    develop = rng.normal(0, 1, ci.size) + 0.3 * u[ci]
+    y = np.where(high, slopes[1], slopes[0])[ci] * x + 0.3 * develop + 2.0 * u[ci] + tau[ti] \
+        + rng.normal(0, 1, ci.size)
+    index = pd.MultiIndex.from_arrays([np.asarray(cities)[ci], 2013 + ti], names=["city", "year"])
+    splitter = high[ci] + rng.normal(0, 0.01, ci.size)
+    frame = pd.DataFrame({"nqp": y, "agglomeration": x, "develop": develop, "digital_support": splitter},
+                         index=index)
+    return frame, high[ci]
+
+
+@pytest.mark.recovery
+def test_group_slopes_with_group_trends_target_the_interacted_two_way_fe():
+    """Truth 0.5 / 1.5 with a steeper treatment trend in the high group: both group slopes and their
+    difference cover the truth and sit on pyfixest's interacted two-way FE estimates (group slopes,
+    common controls and year effects, the model the Bayesian one rebuilds)."""
+    frame, high = group_trend_panel()
+    d = frame.reset_index()
+    d["agg_low"], d["agg_high"] = d["agglomeration"] * ~high, d["agglomeration"] * high
+    fit = pf.feols("nqp ~ agg_low + agg_high + develop | city + year", data=d, vcov={"CRV1": "city"})
+    (res,) = groups.fit_groups(frame, ("develop",), ["digital_support"], FAST, {})
+    assert res.diagnostics.ok, res.diagnostics.flags
+    assert panel.hdi_contains(res.idata, "beta_group", np.array([0.5, 1.5])).all()
+    assert panel.hdi_contains(res.idata, "difference", 1.0)
+    post = res.idata.posterior["beta_group"].mean(("chain", "draw"))
+    for group, term in (("low", "agg_low"), ("high", "agg_high")):
+        z = (float(post.sel(group=group)) - fit.coef()[term]) / fit.se()[term]
+        assert abs(z) < 0.5, (group, z)

@@ -314,6 +314,14 @@ def build_panel_model(pdata: PanelData, spec: ModelSpec, *, likelihood: str | No
             groups = [str(g) for g in slope_groups.cat.categories if str(g) in set(labels.astype(str))]
         g_of_city = pd.Index(groups).get_indexer(labels.astype(str))
         k_slope = terms.index(slope_term)
+        if city_eff == "mundlak":
+            # The group-slope term keeps only its CITY deviation, x_it - xbar_i. The two-way deviation
+            # would also remove beta_g (xbar_t - xbar), which varies by group and year when the slopes
+            # differ; common year effects cannot absorb that, and the slopes were biased whenever the
+            # groups' treatment trends differ. With the city deviation the model is the interacted
+            # two-way FE model (group slopes, common year effects) in Mundlak form.
+            Zx = Zx.copy()
+            Zx[:, k_slope] = pdata.mundlak_parts(two_way=False)[0][:, k_slope]
         common = [t for t in terms if t != slope_term]
         coords[group_dim] = groups
         coords[COEF] = common
