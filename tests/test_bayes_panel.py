@@ -125,19 +125,25 @@ def test_col4_recovers_truth_and_matches_two_way_fe():
     """Column (4): diagnostics pass, the truth lies in the 94% HDI and every posterior mean is within
     0.1 SE of pyfixest's two-way FE estimate on a panel whose city effects correlate with x."""
     frame, truth = panel.simulate_panel(60, 8, seed=7)
-    (col4,) = panel.fit_table3(frame, CONTROLS, FAST, _oracles(frame), columns=(4,))
-    assert col4.id == "bayes_table3_col4" and col4.meant_to_match
-    assert col4.diagnostics.ok, col4.diagnostics.flags
-    assert set(col4.agreement.index) == {"agglomeration", *CONTROLS}
+    honest, col4 = panel.fit_table3(frame, CONTROLS, FAST, _oracles(frame), columns=(4,))
+    assert col4.id == "bayes_table3_col4_iid" and col4.meant_to_match
+    assert honest.id == "bayes_table3_col4" and not honest.meant_to_match
+    true_beta = np.array([truth["beta"][t] for t in ["agglomeration", *CONTROLS]])
+    for res in (honest, col4):
+        assert res.diagnostics.ok, (res.id, res.diagnostics.flags)
+        assert set(res.agreement.index) == {"agglomeration", *CONTROLS}
+        assert panel.hdi_contains(res.idata, "beta", true_beta).all(), res.id
     assert (col4.agreement["z"].abs() <= MATCH_TOLERANCE_Z).all(), col4.agreement
-    inside = panel.hdi_contains(col4.idata, "beta", np.array([truth["beta"][t] for t in
-                                                                ["agglomeration", *CONTROLS]]))
-    assert inside.all()
-    pp = col4.extra["prior_predictive"]
+    # iid data: the error structure finds no AR(1), and the honest model stays on the FE estimate
+    assert (honest.agreement["z"].abs() <= 0.5).all(), honest.agreement
+    assert panel.hdi_contains(honest.idata, "phi", 0.0)
+    loo = honest.extra["error_structure_loo"]
+    assert loo["unit"] == "leave-one-city-out" and {"bayes_table3_col4", "bayes_table3_col4_iid"} <= set(loo)
+    pp = honest.extra["prior_predictive"]
     assert pp["share_draws_covering_observed_range"] > 0.5
     assert pp["prior_q01"] < pp["observed_min"] and pp["prior_q99"] > pp["observed_max"]
-    assert "prior_predictive_col4" in col4.figures
-    assert col4.idata.attrs["spec_id"] == "bayes_table3_col4"
+    assert "prior_predictive_col4" in honest.figures
+    assert col4.idata.attrs["spec_id"] == "bayes_table3_col4_iid"
     # City effects integrated out while sampling, drawn afterwards from their exact conditional: their
     # posterior means track the simulated effects (standardised scale, so compare by correlation).
     u = col4.idata.posterior["city_effect_std"]
@@ -155,10 +161,13 @@ def test_col4_matches_two_way_fe_on_an_unbalanced_panel():
     frame, _ = panel.simulate_panel(60, 8, seed=8)
     frame = frame[np.random.default_rng(1).random(len(frame)) > 0.25]
     oracle = oracle_from_pyfixest("table3_col4", "nqp ~ agglomeration + develop + finance | city + year", frame)
-    (col4,) = panel.fit_table3(frame, CONTROLS, FAST, {"table3_col4": oracle}, columns=(4,))
+    honest, col4 = panel.fit_table3(frame, CONTROLS, FAST, {"table3_col4": oracle}, columns=(4,))
     assert "mean_year_2020" in col4.idata.posterior["gamma"].coords["mundlak"].values
-    assert col4.diagnostics.ok, col4.diagnostics.flags
+    for res in (honest, col4):
+        assert res.diagnostics.ok, (res.id, res.diagnostics.flags)
     assert (col4.agreement["z"].abs() <= MATCH_TOLERANCE_Z).all(), col4.agreement
+    # AR(1) across the gaps of an unbalanced panel (lag-d correlation phi^d)
+    assert (honest.agreement["z"].abs() <= 0.5).all(), honest.agreement
 
 
 @pytest.mark.recovery
@@ -250,8 +259,9 @@ DEMO = Path(__file__).resolve().parents[1] / "data" / "demo" / "demo_panel.csv"
 
 @pytest.mark.recovery
 def test_col4_on_the_demo_matches_two_way_fe():
-    """The demo: nqp and agglomeration computed from the raw columns, column (4) within 0.1 SE of
-    pyfixest's two-way FE for every coefficient."""
+    """The demo: nqp and agglomeration computed from the raw columns; the iid column (4) within 0.1 SE of
+    pyfixest's two-way FE for every coefficient, the honest one within 0.5 SE on agglomeration with a
+    posterior sd between 0.75 and 1.33 of the city-clustered SE."""
     from bayesnqp import names
     from bayesnqp.measures import entropy_index, location_quotient
 
@@ -262,10 +272,13 @@ def test_col4_on_the_demo_matches_two_way_fe():
     controls = list(names.CONTROLS)
     oracle = oracle_from_pyfixest("table3_col4", f"nqp ~ agglomeration + {' + '.join(controls)} | city + year",
                                   frame)
-    (col4,) = panel.fit_table3(frame, controls, FAST, {"table3_col4": oracle}, columns=(4,))
-    assert col4.diagnostics.ok, col4.diagnostics.flags
-    assert len(col4.agreement) == 7
+    honest, col4 = panel.fit_table3(frame, controls, FAST, {"table3_col4": oracle}, columns=(4,))
+    for res in (honest, col4):
+        assert res.diagnostics.ok, (res.id, res.diagnostics.flags)
+        assert len(res.agreement) == 7
     assert (col4.agreement["z"].abs() <= MATCH_TOLERANCE_Z).all(), col4.agreement
+    key = honest.agreement.loc["agglomeration"]
+    assert abs(key["z"]) <= 0.5 and 0.75 <= key["sd_ratio"] <= 1.33, honest.agreement
 
 
 def test_spec_priors_are_read_and_checked(sim):

@@ -33,7 +33,7 @@ from ..results import AnalysisResult  # noqa: E402
 from .panel import draw_group_mean, fit_spec, finish  # noqa: E402
 from .result import BayesResult  # noqa: E402
 from .sampling import SamplerSettings  # noqa: E402
-from .spec import load_spec  # noqa: E402
+from .spec import ModelSpec, load_spec  # noqa: E402
 
 GROUPS = ("low", "high")
 
@@ -58,10 +58,12 @@ GROUP_NOTE = ("Not meant to match exactly. The oracle fits the two-way FE model 
 
 
 def fit_groups(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], splitters: list[str] | tuple[str, ...],
-               settings: SamplerSettings, oracles: dict[str, AnalysisResult] | None) -> list[BayesResult]:
-    """One model per splitter: low/high agglomeration slopes, their difference and P(high > low)."""
+               settings: SamplerSettings, oracles: dict[str, AnalysisResult] | None,
+               spec: ModelSpec | None = None) -> list[BayesResult]:
+    """One model per splitter: low/high agglomeration slopes, their difference and P(high > low).
+    ``spec``: the model spec (default ``models/bayes_groups.toml``)."""
     oracles = oracles or {}
-    spec = load_spec("bayes_groups")
+    spec = spec or load_spec("bayes_groups")
     results = []
     for splitter in splitters:
         labels = median_split(frame, splitter)
