@@ -156,6 +156,20 @@ def test_trace_approximation_close_to_exact():
     assert np.allclose(approx["indirect"], exact["indirect"], rtol=0.03, atol=0.01)
 
 
+@pytest.mark.parametrize("bipartite,rho", [(False, 0.97), (True, 0.97), (True, -0.95)])
+def test_trace_effects_stay_accurate_for_rho_near_one(bipartite, rho):
+    """|rho| near 1, also on a bipartite lattice (lambda_min = -1, diag(W^k) alternates): the truncated
+    series plus its closed-form remainder against the exact effects."""
+    w = SpatialWeights(tuple(f"{110000 + 100 * i}" for i in range(64)), np.array(lattice_edges(8, 8))) \
+        if bipartite else make_graph()
+    rho_draws, beta, theta = np.array([rho]), np.array([1.0]), np.array([0.5])
+    exact = S.spatial_effects(rho_draws, beta, theta, w, method="exact")
+    approx = S.spatial_effects(rho_draws, beta, theta, w, method="trace", n_probes=3000, seed=1)
+    assert np.allclose(approx["total"], exact["total"], rtol=1e-4)
+    assert np.allclose(approx["direct"], exact["direct"], rtol=0.03)
+    assert np.allclose(approx["indirect"], exact["indirect"], rtol=0.03)
+
+
 def test_conditional_loglik_matches_dense_gaussian_conditional():
     w = make_graph()
     wd = w.row_standardised.toarray()

@@ -162,7 +162,7 @@ def log_det_i_minus_rho_w(rho: float | np.ndarray, eigenvalues: np.ndarray) -> n
 
 
 def spatial_effects(rho: np.ndarray, beta: np.ndarray, theta: np.ndarray, weights: SpatialWeights,
-                    method: Literal["auto", "exact", "trace"] = "auto", n_terms: int = 100,
+                    method: Literal["auto", "exact", "trace"] = "auto", n_terms: int | None = None,
                     n_probes: int = 50, seed: int = 0, eig: EigenW | None = None) -> dict[str, np.ndarray]:
     """Direct / indirect / total effects of one regressor for every draw (LeSage & Pace 2009).
 
@@ -170,9 +170,12 @@ def spatial_effects(rho: np.ndarray, beta: np.ndarray, theta: np.ndarray, weight
     Returns average effects (``direct``, ``indirect``, ``total``, ``theta_share`` = theta's part of the
     direct effect / direct) with the draws' shape, and per-region ``direct_city``, ``total_city``,
     ``indirect_city`` with shape (draws, n). ``exact`` uses the eigen-decomposition of W (n up to a few
-    thousand); ``trace`` the power series sum_k rho^k W^k truncated at ``n_terms`` with traces and diagonals
-    of W^k from Hutchinson probes (Rademacher, ``n_probes``) and exact 1'W^k 1; ``auto`` switches at
-    ``DENSE_LIMIT`` regions.
+    thousand); ``trace`` the power series sum_k rho^k W^k with diagonals of W^k from Hutchinson probes
+    (Rademacher, ``n_probes``) and exact W^k 1; ``auto`` switches at ``DENSE_LIMIT`` regions.
+    The series is truncated after ``n_terms`` (default: enough that max|rho|^(K+1) / (1 - max|rho|) <= 0.01,
+    at most 4000) and its remainder added in closed form, each parity's last term carried on geometrically
+    (exact once diag(W^k) has settled, and for bipartite components, where lambda_min = -1 makes it
+    alternate), so the effects stay accurate for |rho| near 1.
     """
     rho, beta, theta = (np.asarray(x, dtype=float) for x in (rho, beta, theta))
     shape = rho.shape
@@ -193,6 +196,9 @@ def spatial_effects(rho: np.ndarray, beta: np.ndarray, theta: np.ndarray, weight
     else:
         rng = np.random.default_rng(seed)
         w = weights.row_standardised
+        if n_terms is None:
+            r_max = min(float(np.max(np.abs(rho), initial=0.0)), 0.999)
+            n_terms = 100 if r_max <= 0.0 else int(np.clip(np.log(0.01 * (1 - r_max)) / np.log(r_max), 100, 4000))
         probes = rng.choice([-1.0, 1.0], size=(n, n_probes))
         diag_k = np.zeros((n_terms + 2, n))  # diag(W^k) estimates, k = 0..n_terms+1
         rows_k = np.zeros((n_terms + 2, n))  # W^k 1 (exact)
@@ -201,11 +207,10 @@ def spatial_effects(rho: np.ndarray, beta: np.ndarray, theta: np.ndarray, weight
             diag_k[k] = (probes * z).mean(axis=1) if k else 1.0
             rows_k[k] = one
             z, one = w @ z, w @ one
-        powers = rho[:, None] ** np.arange(n_terms + 1)[None, :]  # (draws, K+1)
-        inv_diag = powers @ diag_k[:-1]          # diag((I - rho W)^-1)
-        winv_diag = powers @ diag_k[1:]          # diag(W (I - rho W)^-1)
-        inv_rows = powers @ rows_k[:-1]
-        winv_rows = powers @ rows_k[1:]
+        inv_diag = _power_series(rho, diag_k)        # diag((I - rho W)^-1)
+        winv_diag = _power_series(rho, diag_k[1:])   # diag(W (I - rho W)^-1)
+        inv_rows = _power_series(rho, rows_k)
+        winv_rows = _power_series(rho, rows_k[1:])
         direct_city = beta[:, None] * inv_diag + theta[:, None] * winv_diag
         total_city = beta[:, None] * inv_rows + theta[:, None] * winv_rows
         direct_theta = (theta[:, None] * winv_diag).mean(axis=1)
@@ -217,6 +222,17 @@ def spatial_effects(rho: np.ndarray, beta: np.ndarray, theta: np.ndarray, weight
             "total": total.reshape(shape), "theta_share": share.reshape(shape),
             "direct_city": direct_city, "total_city": total_city, "indirect_city": total_city - direct_city,
             "method": np.array("exact" if use_exact else "trace")}
+
+
+def _power_series(rho: np.ndarray, terms: np.ndarray) -> np.ndarray:
+    """sum_k rho^k a_k for (draws,) rho and (M + 1, n) terms a_0..a_M, the remainder k > M in closed form
+    with a_k taken equal to the last computed term of the same parity."""
+    m = len(terms) - 1
+    powers = rho[:, None] ** np.arange(m + 1)[None, :]
+    head = powers @ terms
+    r = rho[:, None]
+    tail = (terms[m - 1][None, :] * r ** (m + 1) + terms[m][None, :] * r ** (m + 2)) / (1.0 - r ** 2)
+    return head + tail
 
 
 def conditional_loglik(e: np.ndarray, rho: np.ndarray, sigma: np.ndarray, weights: SpatialWeights, *,
@@ -524,8 +540,13 @@ def build_car_model(frame: pd.DataFrame, controls: list[str] | tuple[str, ...], 
             mu = c[:, None] + pt.tensordot(xd - xbar[:, None, :], beta_s, axes=[[2], [0]])
         else:
             mu = level[:, None] + pt.tensordot(xd - xbar[:, None, :], beta_s, axes=[[2], [0]]) + b[:, None]
-        sigma_year = pm.HalfNormal("sigma_year", _prior(pri, "sigma_year", 1.0))
-        gamma = pm.ZeroSumNormal("year_std", sigma=sigma_year, dims=names.YEAR)
+        if mundlak:
+            # targets the two-way FE estimate: year effects of fixed scale (the Bayesian year dummies); a
+            # hierarchical sd would shrink them and move beta off the two-way estimate
+            gamma = pm.ZeroSumNormal("year_std", sigma=_prior(pri, "year", 1.0), dims=names.YEAR)
+        else:
+            sigma_year = pm.HalfNormal("sigma_year", _prior(pri, "sigma_year", 1.0))
+            gamma = pm.ZeroSumNormal("year_std", sigma=sigma_year, dims=names.YEAR)
         mu = mu + gamma[None, :]
         pm.Deterministic("city_effect", b * y_sd, dims=names.CITY)
         pm.Deterministic("year_effect", gamma * y_sd, dims=names.YEAR)
@@ -674,10 +695,11 @@ def build_sdm_model(data: SdmData, weights: SpatialWeights, spec: ModelSpec, mod
         if model != "slx":
             # the interval transform keeps rho inside the admissible (1/lambda_min, 1)
             rho = pm.Uniform("rho", lo, hi)
-            # Jacobian of the two-way transformed data (Lee & Yu 2010, transformation approach):
-            # (T - 1) [log|I - rho W| - log(1 - rho)], log|I - rho W| = sum_k log(1 - rho lambda_k). This is
-            # the posterior under flat priors on the data-level city and year effects; T log|I - rho W|
-            # (the "direct" approach) biases rho downwards in short panels with time effects.
+            # Jacobian of the within-transformed data, log|I - rho W| = sum_k log(1 - rho lambda_k):
+            # lee_yu_city (default, as the ML oracle): (T - 1) log|I - rho W|, Lee & Yu's (2010)
+            # transformation for data-level city effects (exact with islands; year effects as dummies);
+            # lee_yu_two_way: (T - 1)[log|I - rho W| - log(1 - rho)], also data-level year effects (needs
+            # every row of W to sum to 1); direct: T log|I - rho W|, which biases rho in short panels.
             logdet = pt.sum(pt.log1p(-rho * lam))
             if form == "direct":
                 pm.Potential("log_jacobian", t * logdet)
