@@ -66,3 +66,21 @@ def test_error_option_is_validated():
     pdata = panel.panel_data(frame, spec.outcome, spec.expand_terms(("develop", "finance")))
     with pytest.raises(ValueError, match="city effects integrated out"):
         panel.build_panel_model(pdata, spec)
+
+
+def test_structured_random_draws_have_the_model_covariance():
+    """Replicates from the random function: the empirical covariance of one city's rows matches V_i."""
+    city_idx, years = unbalanced_rows()
+    order = E.row_order(city_idx, years)
+    counts = np.bincount(city_idx).astype(float)
+    g = np.linspace(-1.0, 1.0, len(city_idx))
+    scale = np.where(city_idx == 1, 2.0, 1.0)
+    rng = np.random.default_rng(0)
+    draws = np.stack([E.structured_city_random(np.zeros(len(city_idx)), 0.7, scale, 0.5, 0.8, g, city_idx, counts,
+                                               order.prev, order.first, order.gap, rng=rng)
+                      for _ in range(20000)])
+    rows = city_idx == 1
+    t = years[rows]
+    lag = np.abs(t[:, None] - t[None, :])
+    cov = 4.0 * 0.7 ** lag + 0.25 + 0.64 * np.outer(g[rows], g[rows])
+    assert np.allclose(np.cov(draws[:, rows].T), cov, atol=0.15)

@@ -135,10 +135,12 @@ def structured_city_random(mean, phi, scale_row, sigma_city, omega, g, city_idx,
     u = rng.standard_normal(n_city) * sigma_city
     b = rng.standard_normal(n_city) * omega
     rho = np.where(first > 0, 0.0, np.sign(phi) ** gap * np.abs(phi) ** gap)
-    z = rng.standard_normal(mean.shape)
-    e = np.empty_like(mean)
-    for j in range(len(mean)):  # rows are sorted by city and year, so prev[j] < j (or == j on first rows)
-        e[j] = z[j] if first[j] > 0 else rho[j] * e[prev[j]] + np.sqrt(1.0 - rho[j] ** 2) * z[j]
+    e = rng.standard_normal(mean.shape)
+    # rows are sorted by city and year: fill the k-th row of every city at once, k = 1, 2, ...
+    position = np.arange(len(prev)) - np.maximum.accumulate(np.where(first > 0, np.arange(len(prev)), 0))
+    for k in range(1, int(position.max(initial=0)) + 1):
+        rows = position == k
+        e[rows] = rho[rows] * e[prev[rows]] + np.sqrt(1.0 - rho[rows] ** 2) * e[rows]
     out = mean + u[city_idx] + b[city_idx] * np.asarray(g) + np.asarray(scale_row) * e
     return out if size is None else np.broadcast_to(out, size).copy()
 

@@ -20,20 +20,19 @@ from __future__ import annotations
 from typing import Any
 
 import arviz as az
-import matplotlib
+# Figures are built as matplotlib.figure.Figure objects: no pyplot state, no backend switch at import
+# (a notebook keeps its own backend).
+from matplotlib.figure import Figure
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from ..checks.diagnostics import CI_PROB  # noqa: E402
-from ..names import AGGLOMERATION, CITY  # noqa: E402
-from ..results import AnalysisResult  # noqa: E402
-from .panel import draw_group_mean, fit_spec, finish  # noqa: E402
-from .result import BayesResult  # noqa: E402
-from .sampling import SamplerSettings  # noqa: E402
-from .spec import ModelSpec, load_spec  # noqa: E402
+from ..checks.diagnostics import CI_PROB
+from ..names import AGGLOMERATION, CITY
+from ..results import AnalysisResult
+from .panel import draw_group_mean, fit_spec, finish
+from .result import BayesResult
+from .sampling import SamplerSettings
+from .spec import ModelSpec, load_spec
 
 GROUPS = ("low", "high")
 
@@ -156,7 +155,8 @@ def forest_plot(idata: az.InferenceData, var: str, dim: str, counts: pd.Series |
     lo = hdi.sel(hdi="lower").to_series()
     hi = hdi.sel(hdi="higher").to_series()
     order = mean.sort_values().index
-    fig, ax = plt.subplots(figsize=(6, 0.22 * len(order) + 1.2))
+    fig = Figure(figsize=(6, 0.22 * len(order) + 1.2))
+    ax = fig.subplots()
     y = np.arange(len(order))
     ax.hlines(y, lo[order], hi[order], color="C0", lw=1.5)
     ax.plot(mean[order], y, "o", color="C0", ms=4)

@@ -49,24 +49,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import arviz as az
-import matplotlib
+# Figures are built as matplotlib.figure.Figure objects: no pyplot state, no backend switch at import
+# (a notebook keeps its own backend).
+from matplotlib.figure import Figure
+import numpy as np
+import pandas as pd
+import pymc as pm
+import pytensor.tensor as pt
+import xarray as xr
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pymc as pm  # noqa: E402
-import pytensor.tensor as pt  # noqa: E402
-import xarray as xr  # noqa: E402
-
-from ..checks.agreement import agreement  # noqa: E402
-from ..checks.diagnostics import diagnose, posterior_summary  # noqa: E402
-from ..names import AGGLOMERATION, CITY, COEF, YEAR  # noqa: E402
-from ..results import AnalysisResult  # noqa: E402
-from .errors import ErrorStructure, row_order, structured_city_logp, structured_city_random  # noqa: E402
-from .result import BayesResult  # noqa: E402
-from .sampling import SamplerSettings, sample  # noqa: E402
-from .spec import ModelSpec, load_spec  # noqa: E402
+from ..checks.agreement import agreement
+from ..checks.diagnostics import diagnose, posterior_summary
+from ..names import AGGLOMERATION, CITY, COEF, YEAR
+from ..results import AnalysisResult
+from .errors import ErrorStructure, row_order, structured_city_logp, structured_city_random
+from .result import BayesResult
+from .sampling import SamplerSettings, sample
+from .spec import ModelSpec, load_spec
 
 OBS = "obs"
 SUPPORTED_CITY = ("none", "random", "mundlak")
@@ -801,7 +800,8 @@ def prior_predictive_check(model: pm.Model, pdata: PanelData, *, seed: int, draw
                "prior_median": float(q[2]), "prior_q95": float(q[3]), "prior_q99": float(q[4]),
                "prior_sd_median": float(np.median(sims.std(axis=1))),
                "share_draws_covering_observed_range": covered}
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     lo, hi = np.quantile(sims, [0.005, 0.995])
     ax.hist(sims.ravel(), bins=120, range=(lo, hi), density=True, color="0.7", label="prior predictive")
     ax.hist(y, bins=60, density=True, histtype="step", color="C3", label="observed")
