@@ -25,29 +25,39 @@ def unbalanced_rows(seed: int = 0):
 
 
 @pytest.mark.parametrize("phi,omega", [(0.6, 0.8), (-0.4, 0.0), (0.0, 1.3)])
-def test_structured_logp_matches_dense_multivariate_normal(phi, omega):
+def test_structured_logp_matches_dense_multivariate_normal_in_the_flat_limit(phi, omega):
+    """Against the dense Normal of each city's within-city contrasts: with C orthonormal rows orthogonal to
+    1, the flat-prior limit of log N(y; m, V_e + kappa^2 11') + log kappa + log(2 pi) / 2 is
+    log N(C y; C m, C V_e C') - log(T) / 2 (checked numerically at kappa = 1e3 as well)."""
     city_idx, years = unbalanced_rows()
     rng = np.random.default_rng(3)
     n, n_city = len(city_idx), 5
     y, mean, g = rng.normal(size=n), rng.normal(size=n), rng.normal(size=n)
     scale_city = np.exp(rng.normal(0, 0.5, n_city))
-    sigma_city = 0.9
     order = E.row_order(city_idx, years)
     counts = np.bincount(city_idx).astype(float)
-    args = [pt.dvector(), pt.dvector(), pt.dscalar(), pt.dvector(), pt.dscalar(), pt.dscalar(), pt.dvector(),
+    args = [pt.dvector(), pt.dvector(), pt.dscalar(), pt.dvector(), pt.dscalar(), pt.dvector(),
             pt.lvector(), pt.dvector(), pt.lvector(), pt.dvector(), pt.dvector()]
     fn = pytensor.function(args, E.structured_city_logp(*args))
-    got = fn(y, mean, phi, scale_city[city_idx], sigma_city, omega, g, city_idx, counts, order.prev,
-             order.first, order.gap)
+    got = fn(y, mean, phi, scale_city[city_idx], omega, g, city_idx, counts, order.prev, order.first, order.gap)
     for c in range(n_city):
         rows = city_idx == c
         t = years[rows]
         corr = np.where(np.abs(t[:, None] - t[None, :]) == 0, 1.0, phi ** np.abs(t[:, None] - t[None, :]))
-        cov = (scale_city[c] ** 2 * corr + sigma_city ** 2 + omega ** 2 * np.outer(g[rows], g[rows]))
-        ref = st.multivariate_normal(mean[rows], cov).logpdf(y[rows])
-        # spread evenly over the city's rows; the city sum is the joint density
-        assert got[rows].sum() == pytest.approx(ref, abs=1e-9)
+        cov_e = scale_city[c] ** 2 * corr + omega ** 2 * np.outer(g[rows], g[rows])
+        if rows.sum() > 1:
+            # orthonormal contrasts: the last T - 1 columns of a QR basis whose first column is 1
+            contrasts = np.linalg.qr(np.column_stack([np.ones(rows.sum()), np.eye(rows.sum())[:, 1:]]))[0][:, 1:].T
+            ref = st.multivariate_normal(contrasts @ mean[rows], contrasts @ cov_e @ contrasts.T).logpdf(
+                contrasts @ y[rows]) - 0.5 * np.log(rows.sum())
+            kappa = 1e3
+            big = st.multivariate_normal(mean[rows], cov_e + kappa ** 2).logpdf(y[rows]) + np.log(kappa) \
+                + 0.5 * np.log(2 * np.pi)
+            assert big == pytest.approx(ref, abs=1e-4)
+            # spread evenly over the city's rows; the city sum is the city's density
+            assert got[rows].sum() == pytest.approx(ref, abs=1e-9)
         assert np.allclose(got[rows], got[rows][0])
+    assert got[city_idx == 2].sum() == pytest.approx(0.0, abs=1e-12)  # a city seen once says nothing
 
 
 def test_row_order_refuses_unsorted_rows():
@@ -76,11 +86,11 @@ def test_structured_random_draws_have_the_model_covariance():
     g = np.linspace(-1.0, 1.0, len(city_idx))
     scale = np.where(city_idx == 1, 2.0, 1.0)
     rng = np.random.default_rng(0)
-    draws = np.stack([E.structured_city_random(np.zeros(len(city_idx)), 0.7, scale, 0.5, 0.8, g, city_idx, counts,
+    draws = np.stack([E.structured_city_random(np.zeros(len(city_idx)), 0.7, scale, 0.8, g, city_idx, counts,
                                                order.prev, order.first, order.gap, rng=rng)
                       for _ in range(20000)])
     rows = city_idx == 1
     t = years[rows]
     lag = np.abs(t[:, None] - t[None, :])
-    cov = 4.0 * 0.7 ** lag + 0.25 + 0.64 * np.outer(g[rows], g[rows])
+    cov = 4.0 * 0.7 ** lag + 0.64 * np.outer(g[rows], g[rows])
     assert np.allclose(np.cov(draws[:, rows].T), cov, atol=0.15)

@@ -355,7 +355,9 @@ def build_panel_model(pdata: PanelData, spec: ModelSpec, *, likelihood: str | No
         y_centre = pm.Data("y_centre", np.float64(y_centre))
         y_scale = pm.Data("y_scale", np.float64(y_scale))
         x_sd = pm.Data("x_sd", pdata.x_sd[common_idx], dims=COEF)
-        alpha = pm.Normal("alpha", 0.0, prior(spec, "alpha")["sigma"])
+        # structured errors: the city effects are fixed effects integrated out under a flat prior, which
+        # absorbs the intercept and any city-level (Mundlak) terms
+        alpha = pm.Normal("alpha", 0.0, prior(spec, "alpha")["sigma"]) if errors.iid else None
         b_std = pm.Normal("beta_std", 0.0, prior(spec, "beta")["sigma"], dims=COEF)
         eta = X_c @ b_std
         if slope_groups is not None:
@@ -393,6 +395,9 @@ def build_panel_model(pdata: PanelData, spec: ModelSpec, *, likelihood: str | No
 
         if city_eff == "none":
             eta = eta + alpha
+        elif not errors.iid:
+            counts = pm.Data("city_count", np.bincount(pdata.city_idx, minlength=len(pdata.cities))
+                             .astype(np.float64), dims=CITY)
         else:
             sigma_city = pm.HalfNormal("sigma_city_std", prior(spec, "sigma_city")["sigma"])
             centre = alpha
@@ -434,13 +439,13 @@ def build_panel_model(pdata: PanelData, spec: ModelSpec, *, likelihood: str | No
             # effects' city means (the within regressors have zero city means by construction).
             if not np.allclose(pdata.city_means(Zx), 0.0, atol=1e-9):
                 raise ValueError(f"{spec.id}: marginal city effects need within-city regressors")
-            if year_eff != "none":
-                share = pm.Data("year_share", pdata.city_means(np.eye(len(pdata.years))[pdata.year_idx]),
-                                dims=(CITY, YEAR))
-                mu_bar = y_centre + y_scale * (share @ tau)
-            else:
-                mu_bar = y_centre * pt.ones_like(counts)
             if errors.iid:
+                if year_eff != "none":
+                    share = pm.Data("year_share", pdata.city_means(np.eye(len(pdata.years))[pdata.year_idx]),
+                                    dims=(CITY, YEAR))
+                    mu_bar = y_centre + y_scale * (share @ tau)
+                else:
+                    mu_bar = y_centre * pt.ones_like(counts)
                 pm.CustomDist("nqp", mu, mu_bar, y_scale * city_level, scale, y_scale * sigma_city, city_idx,
                               counts, logp=marginal_city_logp, random=marginal_city_random, observed=y_data,
                               dims=OBS)
@@ -448,8 +453,7 @@ def build_panel_model(pdata: PanelData, spec: ModelSpec, *, likelihood: str | No
                 slope_k = k_slope if slope_groups is not None else terms.index(slope_term) \
                     if slope_term in terms else 0
                 extra_vars = structured_errors(pdata, spec, errors, sigma, slope_k, city_idx)
-                pm.CustomDist("nqp", mu + y_scale * city_level[city_idx], extra_vars["phi"],
-                              y_scale * extra_vars["scale"], y_scale * sigma_city,
+                pm.CustomDist("nqp", mu, extra_vars["phi"], y_scale * extra_vars["scale"],
                               y_scale * extra_vars["omega"], extra_vars["g"], city_idx, counts,
                               *extra_vars["order"], logp=structured_city_logp, random=structured_city_random,
                               observed=y_data, dims=OBS)
@@ -469,7 +473,7 @@ def build_panel_model(pdata: PanelData, spec: ModelSpec, *, likelihood: str | No
         # Back to the original scale: d y / d x = y_scale * b_std / x_sd.
         pm.Deterministic("beta", y_scale * b_std / x_sd, dims=COEF)
         pm.Deterministic("sigma", scale)
-        if city_eff != "none":
+        if city_eff != "none" and errors.iid:
             pm.Deterministic("sigma_city", y_scale * sigma_city)
         if slope_groups is not None:
             pm.Deterministic("beta_group", y_scale * bg_std / x_sd_slope, dims=group_dim)
@@ -714,7 +718,7 @@ def fit_table3(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], setti
     fitted: dict[str, tuple[pm.Model, az.InferenceData]] = {}
     for spec_id, kind in fits:
         spec = load_spec(spec_id)
-        model, idata, pdata = fit_spec(frame, spec, controls, settings, log_likelihood=kind in ("honest", "twoway"))
+        model, idata, pdata = fit_spec(frame, spec, controls, settings, log_likelihood=kind == "honest")
         fitted[spec_id] = (model, idata)
         extra: dict[str, Any] = {}
         figures: dict[str, Any] = {}
@@ -727,38 +731,65 @@ def fit_table3(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], setti
                               meant_to_match=kind != "honest", agreement_note=MATCH_NOTES[kind], extra=extra,
                               figures=figures))
     if {"bayes_table3_col4", "bayes_table3_col4_iid"} <= set(fitted):
-        comparison = compare_error_structures({k: fitted[k] for k in ("bayes_table3_col4", "bayes_table3_col4_iid")})
-        results[0 if columns == (4,) else columns.index(4)].extra["error_structure_loo"] = comparison
+        comparison = compare_error_structures(fitted["bayes_table3_col4"], fitted["bayes_table3_col4_iid"])
+        results[columns.index(4)].extra["error_structure_loo"] = comparison
     return results
 
 
-def compare_error_structures(fits: dict[str, tuple[pm.Model, az.InferenceData]]) -> dict[str, Any]:
-    """Leave-one-city-out PSIS-LOO of marginal panel models (each city's rows summed into one term, the
-    city's joint density: the marginal likelihoods spread it evenly over its rows). Returns per model
-    elpd, se, p_loo and the share of Pareto k above 0.7, plus the elpd difference to the best."""
+def within_city_loglik_iid(model: pm.Model, idata: az.InferenceData) -> np.ndarray:
+    """(chain, draw, city) log-density of each city's within-city contrasts under an iid-error marginal
+    model (column (4) iid): -1/2 [(T_i - 1) log(2 pi s^2) + log T_i + SS_i / s^2], SS_i the within-city sum
+    of squares of y - (X beta + year effects), s = sigma. The same currency as the structured models'
+    pointwise terms (bayes/errors.py), so leave-one-city-out LOO compares them like for like."""
+    post = idata.posterior
+    y_centre, y_scale = float(model["y_centre"].get_value()), float(model["y_scale"].get_value())
+    X = np.asarray(model["X"].get_value())
+    city_idx = np.asarray(model["city_idx"].get_value())
+    mean = np.einsum("nk,cdk->cdn", X, post["beta_std"].transpose("chain", "draw", COEF).values)
+    if "year_effect_std" in post:
+        tau = post["year_effect_std"].transpose("chain", "draw", YEAR).values
+        mean = mean + tau[..., np.asarray(model["year_idx"].get_value())]
+    resid = np.asarray(model["y"].get_value()) - (y_centre + y_scale * mean)
+    n_city = int(city_idx.max()) + 1
+    counts = np.bincount(city_idx, minlength=n_city).astype(float)
+    from .errors import city_sums
+
+    sums, squares = city_sums(resid, city_idx, n_city), city_sums(resid ** 2, city_idx, n_city)
+    ss_within = squares - sums ** 2 / counts
+    s2 = (y_scale * post["sigma_std"].values[..., None]) ** 2
+    return -0.5 * ((counts - 1) * np.log(2 * np.pi * s2) + np.log(counts) + ss_within / s2)
+
+
+def compare_error_structures(honest: tuple[pm.Model, az.InferenceData], iid: tuple[pm.Model, az.InferenceData]
+                             ) -> dict[str, Any]:
+    """Leave-one-city-out PSIS-LOO of the structured column (4) against the iid one, both on each city's
+    density of its within-city contrasts (the structured model's pointwise entries summed per city; the
+    iid model's from ``within_city_loglik_iid``). Returns per model elpd, se, p_loo, the share of Pareto k
+    above 0.7 and the elpd difference to the better one."""
     import warnings
 
     from .errors import city_sums
 
+    model, idata = honest
+    city_idx = np.asarray(model["city_idx"].get_value())
+    per_city = {"bayes_table3_col4": city_sums(idata.log_likelihood["nqp"].transpose("chain", "draw", OBS).values,
+                                               city_idx, int(city_idx.max()) + 1),
+                "bayes_table3_col4_iid": within_city_loglik_iid(*iid)}
+    posteriors = {"bayes_table3_col4": idata.posterior, "bayes_table3_col4_iid": iid[1].posterior}
     out: dict[str, Any] = {}
-    loos = {}
-    for name, (model, idata) in fits.items():
-        ll = idata.log_likelihood["nqp"].transpose("chain", "draw", OBS).values
-        city_idx = np.asarray(model["city_idx"].get_value())
-        per_city = city_sums(ll, city_idx, int(city_idx.max()) + 1)
-        ds = az.InferenceData(posterior=idata.posterior,
-                              log_likelihood=xr.Dataset({"nqp": (("chain", "draw", CITY), per_city)}))
+    for name, ll in per_city.items():
+        data = az.InferenceData(posterior=posteriors[name],
+                                log_likelihood=xr.Dataset({"nqp": (("chain", "draw", CITY), ll)}))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*(Pareto|shape parameter).*", category=UserWarning)
-            loo = az.loo(ds, pointwise=True)
-        loos[name] = loo
+            loo = az.loo(data, pointwise=True)
         k = np.asarray(loo.pareto_k)
         out[name] = {"elpd_loo": float(loo.elpd_loo), "se": float(loo.se), "p_loo": float(loo.p_loo),
                      "share_k_above_0.7": float(np.mean(k > 0.7))}
     best = max(out, key=lambda m: out[m]["elpd_loo"])
-    for name in out:
+    for name in list(out):
         out[name]["elpd_diff"] = out[name]["elpd_loo"] - out[best]["elpd_loo"]
-    out["unit"] = "leave-one-city-out"
+    out["unit"] = "leave-one-city-out, density of each city's within-city contrasts"
     out["best"] = best
     return out
 

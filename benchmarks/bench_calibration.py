@@ -1,0 +1,234 @@
+"""Calibration of the 94% intervals: how often they cover the truth, by simulation with known truth.
+
+Four data-generating processes on 100 x 8 panels with city effects correlated with the treatment
+(``bayesnqp.simulate.calibration_panel``): iid errors; AR(1) errors (phi 0.5) with log-normal city
+scales; random city slopes; two groups with different slopes and treatment trends. Methods compared on
+the same replications:
+
+* ``bayes_iid``: column (4) with iid errors (``bayes_table3_col4_iid``; for groups, ``bayes_groups``
+  with iid errors);
+* ``bayes_honest``: the same with AR(1) errors, city error scales and random city slopes, city effects
+  integrated out (``bayes_table3_col4``; for groups, ``bayes_groups`` with the same error options);
+* ``bootstrap``: the city-level Bayesian bootstrap of the two-way FE estimate (94% HDI of its draws);
+* ``crv1``: the two-way FE estimate with CRV1 standard errors by city and a t(G - 1) interval (pyfixest).
+
+Quantities: the treatment slope, and for the groups process the two group slopes and their difference.
+Reported per process, method and quantity: coverage (with its binomial Monte Carlo SE), mean interval
+width, mean sd_ratio (posterior sd / CRV1 SE) and mean |z| against the FE estimate.
+
+Compiled models are reused across replications (same structure, data swapped), and replications are
+spread over worker processes (one sampling core each).
+
+Run by hand (not in CI):  PYTHONPATH=src python benchmarks/bench_calibration.py [--reps 200] [--workers 2]
+Writes benchmarks/results/calibration.json and benchmarks/results/calibration.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+PROB = 0.94
+DRAWS, TUNE, CHAINS = 500, 500, 2
+HONEST_ERRORS = ["ar1", "city_scales", "random_slope"]
+RESULTS = Path(__file__).parent / "results"
+
+
+def _settings(seed: int):
+    from bayesnqp.bayes.sampling import SamplerSettings
+
+    return SamplerSettings(draws=DRAWS, tune=TUNE, chains=CHAINS, seed=seed, cores=1)
+
+
+def _hdi(draws: np.ndarray) -> tuple[float, float]:
+    from bayesnqp.checks.diagnostics import hdi_bounds
+
+    lo, hi = hdi_bounds(np.asarray(draws).ravel(), PROB)
+    return float(lo), float(hi)
+
+
+def _interval(lo: float, hi: float, mean: float, sd: float, truth: float, fe: float, se: float) -> dict[str, float]:
+    return {"covered": float(lo <= truth <= hi), "width": hi - lo, "sd_ratio": sd / se, "z": (mean - fe) / se}
+
+
+def _fe(frame: pd.DataFrame, groups: np.ndarray | None) -> dict[str, tuple[float, float]]:
+    """Two-way FE (interacted by group where given) with CRV1 by city: term -> (estimate, se), and the
+    t(G - 1) critical value."""
+    import pyfixest as pf
+
+    d = frame.reset_index()
+    if groups is None:
+        fit = pf.feols("nqp ~ agglomeration + develop | city + year", data=d, vcov={"CRV1": "city"})
+        return {"beta": (float(fit.coef()["agglomeration"]), float(fit.se()["agglomeration"]))}
+    d["agg_low"], d["agg_high"] = d["agglomeration"] * ~groups, d["agglomeration"] * groups
+    fit = pf.feols("nqp ~ agg_low + agg_high + develop | city + year", data=d, vcov={"CRV1": "city"})
+    b, v = fit.coef(), np.asarray(fit._vcov)
+    i, j = list(b.index).index("agg_low"), list(b.index).index("agg_high")
+    return {"beta_low": (float(b.iloc[i]), float(np.sqrt(v[i, i]))),
+            "beta_high": (float(b.iloc[j]), float(np.sqrt(v[j, j]))),
+            "difference": (float(b.iloc[j] - b.iloc[i]), float(np.sqrt(v[i, i] + v[j, j] - 2 * v[i, j])))}
+
+
+def _bootstrap_draws(frame: pd.DataFrame, groups: np.ndarray | None, seed: int) -> dict[str, np.ndarray]:
+    from bayesnqp.frequentist.bootstrap import bootstrap_draws, dirichlet_weights
+
+    weights = dirichlet_weights(frame.index.get_level_values("city").unique(), seed=seed)
+    if groups is None:
+        draws = bootstrap_draws(frame, "nqp", ["agglomeration", "develop"], weights)
+        return {"beta": draws["agglomeration"].to_numpy()}
+    d = frame.copy()
+    d["agg_low"], d["agg_high"] = d["agglomeration"] * ~groups, d["agglomeration"] * groups
+    draws = bootstrap_draws(d, "nqp", ["agg_low", "agg_high", "develop"], weights)
+    low, high = draws["agg_low"].to_numpy(), draws["agg_high"].to_numpy()
+    return {"beta_low": low, "beta_high": high, "difference": high - low}
+
+
+def _bayes_draws(frame: pd.DataFrame, process: str, honest: bool, seed: int) -> tuple[dict[str, np.ndarray], dict]:
+    from bayesnqp.bayes import groups as bg
+    from bayesnqp.bayes import panel
+    from bayesnqp.bayes.spec import load_spec
+
+    if process == "groups":
+        spec = load_spec("bayes_groups")
+        options = {**spec.options, "city_effects": "marginal", "errors": HONEST_ERRORS} if honest else \
+            {k: v for k, v in spec.options.items() if k not in ("errors",)} | {"city_effects": "sampled"}
+        (res,) = bg.fit_groups(frame, ("develop",), ["group_score"], _settings(seed), {},
+                               spec=spec.replace(options=options))
+        post = res.idata.posterior
+        out = {"beta_low": post["beta_group"].sel(group="low").values,
+               "beta_high": post["beta_group"].sel(group="high").values, "difference": post["difference"].values}
+    else:
+        spec = load_spec("bayes_table3_col4" if honest else "bayes_table3_col4_iid")
+        model, idata, _ = panel.fit_spec(frame, spec, ("develop",), _settings(seed))
+        out = {"beta": idata.posterior["beta"].sel(coef="agglomeration").values}
+        res = panel.finish(spec, model, idata, oracle=None, meant_to_match=False, agreement_note="")
+    d = res.diagnostics
+    return out, {"max_r_hat": d.max_r_hat, "min_ess_bulk": d.min_ess_bulk, "divergences": d.divergences}
+
+
+def replicate(process: str, seeds: list[int]) -> list[dict[str, Any]]:
+    """Every method on the replications ``seeds`` of ``process`` (one worker, compiled models reused)."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    warnings.filterwarnings("ignore")
+    from bayesnqp.simulate import calibration_panel
+
+    rows = []
+    for seed in seeds:
+        frame, truth = calibration_panel(process, seed)
+        groups = None
+        if process == "groups":
+            groups = (frame["group_score"] > frame["group_score"].groupby(level="city").mean().median()) \
+                .to_numpy()
+        fe = _fe(frame, groups)
+        draws = {"bootstrap": _bootstrap_draws(frame, groups, seed)}
+        diagnostics = {}
+        for method, honest in (("bayes_iid", False), ("bayes_honest", True)):
+            t0 = time.perf_counter()
+            draws[method], diagnostics[method] = _bayes_draws(frame, process, honest, seed)
+            diagnostics[method]["seconds"] = time.perf_counter() - t0
+        from scipy import stats
+
+        n_city = frame.index.get_level_values("city").nunique()
+        crit = stats.t.ppf(0.5 + PROB / 2, n_city - 1)
+        for quantity, (est, se) in fe.items():
+            row = {"process": process, "seed": seed, "quantity": quantity}
+            row["crv1"] = _interval(est - crit * se, est + crit * se, est, se, truth[quantity], est, se)
+            for method, d in draws.items():
+                x = np.asarray(d[quantity]).ravel()
+                row[method] = _interval(*_hdi(x), float(x.mean()), float(x.std()), truth[quantity], est, se)
+            row["diagnostics"] = diagnostics
+            rows.append(row)
+    return rows
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    methods = ["bayes_iid", "bayes_honest", "bootstrap", "crv1"]
+    out: dict[str, Any] = {}
+    for (process, quantity), chunk in pd.DataFrame(rows).groupby(["process", "quantity"], sort=False):
+        block = {}
+        for m in methods:
+            vals = pd.DataFrame(list(chunk[m]))
+            cov = float(vals["covered"].mean())
+            block[m] = {"coverage": cov, "coverage_mc_se": float(np.sqrt(cov * (1 - cov) / len(vals))),
+                        "mean_width": float(vals["width"].mean()), "mean_sd_ratio": float(vals["sd_ratio"].mean()),
+                        "mean_abs_z": float(vals["z"].abs().mean())}
+        diag = pd.DataFrame([{**r["diagnostics"][m], "method": m} for r in chunk.to_dict("records")
+                             for m in ("bayes_iid", "bayes_honest")])
+        block["diagnostics"] = {m: {"max_r_hat": float(g["max_r_hat"].max()),
+                                    "min_ess_bulk": float(g["min_ess_bulk"].min()),
+                                    "share_with_divergences": float((g["divergences"] > 0).mean()),
+                                    "mean_seconds": float(g["seconds"].mean())}
+                                for m, g in diag.groupby("method")}
+        out.setdefault(process, {})[quantity] = {"replications": int(len(chunk)), **block}
+    return out
+
+
+def figure(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, methods = [], ["bayes_iid", "bayes_honest", "bootstrap", "crv1"]
+    values = {m: [] for m in methods}
+    errors = {m: [] for m in methods}
+    for process, quantities in summary.items():
+        for quantity, block in quantities.items():
+            labels.append(f"{process}\n{quantity}")
+            for m in methods:
+                values[m].append(block[m]["coverage"])
+                errors[m].append(1.96 * block[m]["coverage_mc_se"])
+    fig, ax = plt.subplots(figsize=(9, 4))
+    x = np.arange(len(labels))
+    for k, m in enumerate(methods):
+        ax.errorbar(x + (k - 1.5) * 0.18, values[m], yerr=errors[m], fmt="o", capsize=2, label=m)
+    ax.axhspan(0.91, 0.97, color="0.9", zorder=0, label="target 91-97%")
+    ax.axhline(PROB, color="k", lw=0.8)
+    ax.set_xticks(x, labels, fontsize=7)
+    ax.set_ylabel(f"coverage of the {int(PROB * 100)}% interval")
+    ax.set_ylim(max(0.0, min(min(v) for v in values.values()) - 0.05), 1.0)
+    ax.legend(fontsize=7, ncol=5, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--processes", nargs="*", default=None)
+    parser.add_argument("--out", type=Path, default=RESULTS / "calibration.json")
+    args = parser.parse_args()
+    from bayesnqp.simulate import PROCESSES
+
+    processes = args.processes or list(PROCESSES)
+    t0 = time.perf_counter()
+    # one chunk of consecutive seeds per worker and process, so each worker compiles each model once
+    chunks = [(p, list(range(w, args.reps, args.workers))) for p in processes for w in range(args.workers)]
+    with ProcessPoolExecutor(args.workers) as pool:
+        rows = [r for chunk in pool.map(replicate, *zip(*chunks)) for r in chunk]
+    summary = summarise(rows)
+    result = {"what": __doc__.split("\n\n")[0], "prob": PROB, "panel": "100 cities x 8 years",
+              "draws": DRAWS, "tune": TUNE, "chains": CHAINS, "replications": args.reps,
+              "workers": args.workers, "wall_seconds": time.perf_counter() - t0, "summary": summary}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    figure(summary, args.out.with_suffix(".png"))
+    for process, quantities in summary.items():
+        for quantity, block in quantities.items():
+            print(process, quantity, {m: round(block[m]["coverage"], 3) for m in
+                                      ("bayes_iid", "bayes_honest", "bootstrap", "crv1")})
+    print(f"wall {result['wall_seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
