@@ -299,6 +299,12 @@ def load_study(data: str | Path | None, config: StudyConfig) -> StudyData:
     in_geo = geo_cities is not None and set(cities) <= set(geo_cities.index)
     if in_geo:
         provinces = geo_cities.loc[cities, names.PROVINCE]
+    own_geography = bool(config.weights_file) or config.spatial == "false"
+    mixed = geo_cities is not None and not in_geo and bool(set(cities) & set(geo_cities.index))
+    if mixed and not own_geography:
+        problems.extend(mixed_id_problems(src, config.city, cities, geo_cities,
+                                          frame_ok.groupby(names.CITY)["city_name"].first()
+                                          if "city_name" in frame_ok.columns else None))
     if config.spatial != "false":
         if config.weights_file:
             try:
@@ -311,7 +317,7 @@ def load_study(data: str | Path | None, config: StudyConfig) -> StudyData:
 
             weights = load_geography().weights.subset(cities)
             weights_source = "bundled 280-city queen contiguity"
-        elif config.spatial == "true":
+        elif config.spatial == "true" and not mixed:  # a mixed panel is refused above, with suggestions
             missing = [c for c in cities if geo_cities is None or c not in geo_cities.index]
             for c in missing[:MAX_CELLS_LISTED]:
                 problems.append(Problem(src, "city id not in the bundled geography of the 280 cities (spatial "
@@ -319,7 +325,7 @@ def load_study(data: str | Path | None, config: StudyConfig) -> StudyData:
                                         column=config.city, city=c))
             if len(missing) > MAX_CELLS_LISTED:
                 problems.append(Problem(src, f"{len(missing) - MAX_CELLS_LISTED} more cities not in the geography"))
-        else:
+        elif not mixed:
             skipped.append(Skipped("spatial", "spatial analyses skipped: the city ids are not the bundled 280 "
                                               "cities and no [spatial] weights file was given"))
     else:
@@ -363,6 +369,65 @@ def load_study(data: str | Path | None, config: StudyConfig) -> StudyData:
     return StudyData(source=src, synthetic=_is_synthetic(path), frame=frame, roles=roles, config=config,
                      index_weights=index_weights, weights=weights, weights_source=weights_source,
                      provinces=provinces, city_names=city_names, balanced=balanced, skipped=tuple(skipped))
+
+
+MAX_UNKNOWN_LISTED = 20  # unknown ids of a mixed panel named one by one; the rest is counted
+
+
+def mixed_id_problems(src: str, column: str, cities: list[str], geo: pd.DataFrame,
+                      labels: pd.Series | None = None) -> list[Problem]:
+    """Problems for a panel whose ids are partly the bundled adcodes and partly not.
+
+    Some ids matching the 280 cities and others not is almost always a typo (one adcode mistyped),
+    not a different study, so each unknown id is named with the closest bundled city as a suggestion.
+    """
+    known = set(geo.index)
+    unknown = [c for c in cities if c not in known]
+    n_known = len(cities) - len(unknown)
+    # Bundled cities absent from the panel are the likeliest intended ids; fall back to all of them.
+    absent = [c for c in geo.index if c not in set(cities)]
+    out = [Problem(src, f"{len(unknown)} of {len(cities)} city ids are not in the bundled geography of the 280 "
+                        f"cities while the other {n_known} are: a mistyped adcode? Correct the ids, or, if the "
+                        "panel is not the paper's cities, give [spatial] weights or set [spatial] enabled = false",
+                   column=column)]
+    for city in unknown[:MAX_UNKNOWN_LISTED]:
+        label = None if labels is None else labels.get(city)
+        best = closest_adcode(city, geo, absent or list(geo.index), label)
+        row = geo.loc[best]
+        out.append(Problem(src, f"city id not in the bundled geography; closest bundled city: {best} "
+                                f"{row['name_zh']} ({row['pinyin']})", column=column, city=city))
+    if len(unknown) > MAX_UNKNOWN_LISTED:
+        out.append(Problem(src, f"{len(unknown) - MAX_UNKNOWN_LISTED} more city ids not in the bundled geography",
+                           column=column))
+    return out
+
+
+def closest_adcode(city: str, geo: pd.DataFrame, candidates: list[str], label: object = None) -> str:
+    """The bundled adcode most like ``city``: a candidate whose name equals the row's city name first,
+    then fewest edits, then the numerically nearest code, then the smallest code (so ties are stable)."""
+    if isinstance(label, str) and label.strip():
+        wanted = label.strip().casefold()
+        for c in candidates:
+            if wanted in (str(geo.at[c, "name_zh"]).casefold(), str(geo.at[c, "pinyin"]).casefold()):
+                return c
+    number = int(city) if city.isdigit() else None
+
+    def key(c: str) -> tuple[int, int, str]:
+        far = abs(int(c) - number) if number is not None and c.isdigit() else 10**9
+        return _edit_distance(city, c), far, c
+
+    return min(candidates, key=key)
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance (ids are short; a plain dynamic programme is enough)."""
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
 
 
 def _bundled_cities() -> pd.DataFrame | None:
