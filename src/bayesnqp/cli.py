@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -23,6 +25,33 @@ out = Console()
 
 EXIT_INPUT = 2
 EXIT_STRICT = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell convention
+HASH_SEED = "0"
+
+
+def main() -> None:
+    """Console entry point: pin the hash seed, then parse the command line."""
+    pin_hash_seed()
+    app()
+
+
+def pin_hash_seed() -> None:
+    """Re-execute this process once with PYTHONHASHSEED fixed, so that two runs are bit for bit alike.
+
+    Python salts the hash of strings per process, so iterating a set of names changes order from one run
+    to the next; libraries do that (pyfixest's demeaning of a two-way fixed-effects model gave results
+    differing in the 16th digit). The seed can only be set before the interpreter starts, hence the
+    re-exec (same process id, same arguments). A PYTHONHASHSEED the user set is left as it is.
+    """
+    if os.environ.get("PYTHONHASHSEED") is not None or os.name != "posix":
+        return
+    argv = getattr(sys, "orig_argv", None)
+    if not argv or not sys.executable:
+        return
+    try:
+        os.execve(sys.executable, [sys.executable, *argv[1:]], {**os.environ, "PYTHONHASHSEED": HASH_SEED})
+    except OSError:
+        return  # cannot re-exec (odd embedding): run as is; run.json records the hash randomisation
 
 
 def _quiet_library_warnings() -> None:
@@ -32,6 +61,13 @@ def _quiet_library_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*BLAS.*")
     # PyMC logs every forward-sampling call at INFO; progress is ours to show.
     logging.getLogger("pymc").setLevel(logging.WARNING)
+
+
+def _fail_interrupted(exc: KeyboardInterrupt) -> None:
+    from .staging import INTERRUPT_MESSAGE, Interrupted
+
+    err.print(INTERRUPT_MESSAGE, highlight=False, markup=False, soft_wrap=True)
+    raise typer.Exit(exc.exit_code if isinstance(exc, Interrupted) else EXIT_INTERRUPTED)
 
 
 def _fail_input(exc: InputError) -> None:
@@ -96,6 +132,9 @@ def run(
             status.stop()
             err.print(f"[bold red]strict mode:[/] {exc}", highlight=False, markup=False)
             raise typer.Exit(EXIT_STRICT) from None
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: staging already removed by run_study
+            status.stop()
+            _fail_interrupted(exc)
     out.print(f"report: {folder / 'index.html'}", highlight=False)
     out.print(f"summary: {folder / 'summary.json'}", highlight=False)
 
