@@ -4,9 +4,17 @@ only where the README says."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import bayesnqp
 from bayesnqp.cli import EXIT_INPUT, app
 from bayesnqp.config import StudyConfig
 from bayesnqp.data.geography import load_geography
@@ -108,3 +116,110 @@ def test_closest_adcode_prefers_few_edits_then_the_nearest_number():
     assert closest_adcode("330100", geo, list(geo.index)) == "330100"
     # One edit away from several codes: the numerically nearest of them.
     assert closest_adcode("330150", geo, ["330100", "330200", "110000"]) == "330100"
+
+
+# ---- helpers for runs in their own process ----------------------------------------------------------
+
+SRC = Path(bayesnqp.__file__).resolve().parents[1]
+ONE_FIT = Path(__file__).with_name("one_fit_cli.py")
+
+
+def isolated_env(root: Path) -> dict[str, str]:
+    """Environment of a run whose every writable location (README, "Where a run writes") is under root.
+
+    PYTHONHASHSEED is removed so the CLI's own pinning is what is tested; bytecode is not written so the
+    interpreter itself does not add __pycache__ folders beside the installed modules.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
+    for name in ("home", "tmp", "cache", "config", "data", "mpl", "numba", "pytensor"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+    env.update(HOME=str(root / "home"), TMPDIR=str(root / "tmp"), XDG_CACHE_HOME=str(root / "cache"),
+               XDG_CONFIG_HOME=str(root / "config"), XDG_DATA_HOME=str(root / "data"),
+               MPLCONFIGDIR=str(root / "mpl"), NUMBA_CACHE_DIR=str(root / "numba"),
+               PYTENSOR_FLAGS=f"base_compiledir={root / 'pytensor'}", MPLBACKEND="Agg",
+               PYTHONDONTWRITEBYTECODE="1",
+               PYTHONPATH=os.pathsep.join([str(SRC), str(Path(__file__).parent), env.get("PYTHONPATH", "")]))
+    return env
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "bayesnqp", *args]
+
+
+def one_fit_cli(*args: str) -> list[str]:
+    return [sys.executable, str(ONE_FIT), *args]
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ---- bitwise reproducibility ------------------------------------------------------------------------
+
+def test_two_identical_no_bayes_runs_write_byte_identical_summaries(tmp_path):
+    """The demo, frequentist stage, two processes. Without the pinned hash seed the heterogeneity and
+    fixed-effects numbers differed in the last digits from one process to the next."""
+    env = isolated_env(tmp_path / "env")
+    summaries = []
+    for i in (1, 2):
+        out = tmp_path / f"run{i}"
+        done = subprocess.run(cli("run", "--no-bayes", "--out", str(out)), env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        summaries.append((out / "summary.json").read_bytes())
+        info = json.loads((out / "run.json").read_text())
+        assert info["hash_randomization"] == 0 and "generated_at" in info
+    assert summaries[0] == summaries[1]
+    assert "generated_at" not in summaries[0].decode()
+
+
+def test_one_bayesian_fit_is_byte_identical_across_processes_and_writes_only_where_told(tmp_path, raw_csv):
+    """A small fit in two processes, the first with a cold compile cache and the second with a warm one,
+    gives the same summary.json and the same draws. Every location the run may write is moved under
+    env/; HOME, TMPDIR and the working folder stay empty, the input file and bundled data unchanged."""
+    from bayesnqp.paths import bundled
+
+    data = raw_csv()
+    env_root = tmp_path / "env"
+    env = isolated_env(env_root)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    before = {kind: snapshot(bundled(kind)) for kind in ("geography", "demo", "models")}
+    data_bytes = data.read_bytes()
+    outputs = []
+    for i in (1, 2):
+        out = tmp_path / f"fit{i}"
+        done = subprocess.run(one_fit_cli("run", "--data", str(data), "--out", str(out), "--draws", "100",
+                                          "--tune", "100", "--chains", "2", "--seed", "11"),
+                              env=env, cwd=cwd, capture_output=True, text=True, timeout=400)
+        assert done.returncode == 0, done.stderr[-3000:]
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["failed"] == {} and "bayes_re" in summary["analyses"], summary["failed"]
+        outputs.append(((out / "summary.json").read_bytes(), _draws(out / "fits")))
+    assert outputs[0][0] == outputs[1][0]
+    assert outputs[0][1] == outputs[1][1]
+    # Where the run wrote: the caches moved by the variables, nothing in HOME, TMPDIR or the cwd.
+    assert listing(env_root / "home") == []
+    assert listing(env_root / "tmp") == []
+    assert listing(cwd) == []
+    assert listing(env_root / "pytensor"), "PyTensor's compile cache did not follow base_compiledir"
+    assert data.read_bytes() == data_bytes
+    assert {kind: snapshot(bundled(kind)) for kind in before} == before
+
+
+def _draws(fits: Path) -> dict[str, bytes]:
+    """The posterior draws of every saved fit as raw bytes (netCDF files carry no timestamps we own,
+    but compare the arrays so a library's file metadata cannot mask or fake a difference)."""
+    import arviz as az
+
+    out = {}
+    for path in sorted(fits.glob("*.nc")):
+        idata = az.from_netcdf(path)
+        for name, var in idata.posterior.data_vars.items():
+            out[f"{path.name}:{name}"] = np.ascontiguousarray(var.values).tobytes()
+    assert out, f"no fits saved under {fits}"
+    return out

@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -98,6 +99,45 @@ def replace_folder(staging: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+TEMP_PREFIX = "bayesnqp-run-"
+
+
+@contextmanager
+def private_tempdir() -> Iterator[Path]:
+    """Point ``tempfile`` at a folder of this run inside the system temp folder, removed at the end.
+
+    PyTensor writes the source of every function it generates to a named temporary file and never
+    deletes it (tracebacks read it); without this a run leaves dozens of files in $TMPDIR. The folder of
+    a run killed outright is removed by the next run (:func:`clean_stale_tempdirs`).
+    """
+    clean_stale_tempdirs()
+    previous = tempfile.tempdir
+    folder = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-"))
+    tempfile.tempdir = str(folder)
+    try:
+        yield folder
+    finally:
+        tempfile.tempdir = previous
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def clean_stale_tempdirs() -> list[Path]:
+    """Remove temp folders of earlier runs whose process no longer exists."""
+    base = Path(tempfile.gettempdir())
+    pattern = re.compile(rf"^{re.escape(TEMP_PREFIX)}(\d+)-")
+    removed = []
+    try:
+        entries = sorted(base.iterdir())
+    except OSError:
+        return []
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match and entry.is_dir() and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
 class InterruptGuard:
     """While active (main thread only): SIGINT/SIGTERM raise :class:`Interrupted` once; the run's cleanup
     then removes the staging folder. If the main thread has not finished within ``GRACE_SECONDS`` (stuck
@@ -149,6 +189,8 @@ class InterruptGuard:
             if self._done.is_set():
                 return
             shutil.rmtree(self.staging, ignore_errors=True)
+            if tempfile.tempdir and Path(tempfile.tempdir).name.startswith(TEMP_PREFIX):
+                shutil.rmtree(tempfile.tempdir, ignore_errors=True)
             try:
                 sys.stderr.write(INTERRUPT_MESSAGE + "\n")
                 sys.stderr.flush()

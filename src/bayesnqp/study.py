@@ -27,7 +27,7 @@ from .data.intake import StudyData, load_study
 from .errors import ConvergenceError, InputError, Problem
 from .report.html import ReportBuilder
 from .results import json_safe
-from .staging import InterruptGuard, clean_stale, replace_folder, staging_path
+from .staging import InterruptGuard, clean_stale, private_tempdir, replace_folder, staging_path
 from .stages.context import RunContext
 from .stages.data import stage_data
 from .stages.bayesian import (
@@ -121,7 +121,7 @@ def run_study(data: str | Path | None, config_path: str | Path | None, options: 
         guard.check()  # a Ctrl-C swallowed inside a library (nutpie returns partial draws) stops the run here
         progress(message)
 
-    with guard.active(), single_threaded_blas():
+    with guard.active(), single_threaded_blas(), private_tempdir():
         try:
             (staging / "fits").mkdir(parents=True)
             report = ReportBuilder(staging, title=title, synthetic=study.synthetic, meta=meta)
