@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +19,12 @@ import pytest
 from typer.testing import CliRunner
 
 import bayesnqp
-from bayesnqp.cli import EXIT_INPUT, app
+from bayesnqp.cli import EXIT_INPUT, EXIT_INTERRUPTED, app
 from bayesnqp.config import StudyConfig
 from bayesnqp.data.geography import load_geography
 from bayesnqp.data.intake import closest_adcode, load_study
 from bayesnqp.errors import InputError
+from bayesnqp.staging import GRACE_SECONDS, INTERRUPT_MESSAGE, clean_stale
 from conftest import raw_panel
 
 runner = CliRunner()
@@ -223,3 +228,183 @@ def _draws(fits: Path) -> dict[str, bytes]:
             out[f"{path.name}:{name}"] = np.ascontiguousarray(var.values).tobytes()
     assert out, f"no fits saved under {fits}"
     return out
+
+
+# ---- killed and interrupted runs --------------------------------------------------------------------
+
+class Running:
+    """A CLI run in its own process whose stderr is read line by line (to act at a given stage)."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], cwd: Path):
+        self.proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     text=True)
+        self.lines: "queue.Queue[str | None]" = queue.Queue()
+        self.stderr: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        with self.proc.stderr:
+            for line in self.proc.stderr:
+                self.lines.put(line)
+        self.lines.put(None)
+
+    def wait_for(self, marker: str, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=1)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise AssertionError(f"process ended before {marker!r}:\n{''.join(self.stderr)[-3000:]}")
+            self.stderr.append(line)
+            if marker in line:
+                return
+        raise AssertionError(f"{marker!r} not seen within {timeout} s:\n{''.join(self.stderr)[-3000:]}")
+
+    def finish(self, timeout: float) -> int:
+        code = self.proc.wait(timeout=timeout)
+        while (line := self.lines.get(timeout=10)) is not None:
+            self.stderr.append(line)
+        return code
+
+
+def _previous_output(out: Path) -> dict[str, bytes]:
+    out.mkdir()
+    (out / "summary.json").write_text('{"previous": true}\n')
+    (out / "tables").mkdir()
+    (out / "tables" / "keep.csv").write_text("a,b\n1,2\n")
+    return snapshot(out)
+
+
+def test_sigkill_in_the_bayesian_stage_keeps_the_previous_output_and_the_next_run_cleans_up(tmp_path, raw_csv):
+    data = raw_csv()
+    env = isolated_env(tmp_path / "env")
+    out = tmp_path / "out"
+    previous = _previous_output(out)
+    run = Running(cli("run", "--data", str(data), "--out", str(out), "--draws", "10", "--tune", "10",
+                      "--chains", "1"), env, tmp_path)
+    run.wait_for("bayes_table3")  # the first Bayesian fit is being built
+    time.sleep(1.0)
+    run.proc.kill()
+    assert run.finish(timeout=30) == -signal.SIGKILL
+    assert snapshot(out) == previous, "the previous output changed"
+    staging = tmp_path / f".out.partial-{run.proc.pid}"
+    assert staging.is_dir(), "the run was not killed mid-way (no staging folder)"
+    assert (staging / "tables").is_dir(), "the staging folder should hold the frequentist stage's tables"
+    assert (staging / "summary.json").exists() is False
+
+    done = subprocess.run(cli("run", "--no-bayes", "--data", str(data), "--out", str(out)), env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not staging.exists(), "the stale staging folder of the dead process was not removed"
+    assert json.loads((out / "summary.json").read_text())["settings"]["bayes"] is False
+    assert not (out / "tables" / "keep.csv").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == []
+
+
+def test_ctrl_c_stops_the_run_within_seconds_with_one_line_and_exit_130(tmp_path, raw_csv):
+    data = raw_csv()
+    env = isolated_env(tmp_path / "env")
+    out = tmp_path / "out"
+    previous = _previous_output(out)
+    run = Running(cli("run", "--data", str(data), "--out", str(out), "--draws", "10", "--tune", "10",
+                      "--chains", "1"), env, tmp_path)
+    run.wait_for("bayes_table3")
+    time.sleep(1.0)
+    seen = len(run.stderr)
+    start = time.monotonic()
+    run.proc.send_signal(signal.SIGINT)
+    code = run.finish(timeout=60)
+    elapsed = time.monotonic() - start
+    after = [line.strip() for line in run.stderr[seen:] if line.strip()]
+    assert code == EXIT_INTERRUPTED, "".join(run.stderr)[-3000:]
+    assert elapsed < GRACE_SECONDS + 4, f"took {elapsed:.1f} s to stop"
+    assert after[-1] == INTERRUPT_MESSAGE
+    assert not any("Traceback" in line for line in run.stderr), "".join(run.stderr)
+    assert snapshot(out) == previous
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == []
+    assert listing(tmp_path / "env" / "tmp") == []
+
+
+STUCK = """
+import time
+import bayesnqp.study as study
+from bayesnqp.cli import main
+
+def stuck(ctx):
+    # Native code that swallows KeyboardInterrupt and never returns to the run (the worst case).
+    ctx.progress("stuck in native code")
+    while True:
+        try:
+            time.sleep(60)
+        except KeyboardInterrupt:
+            pass
+
+study.STAGES = [study.STAGES[0], ("stuck", stuck)]
+main()
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_run_stuck_where_signals_are_swallowed_is_still_stopped_by_the_watchdog(tmp_path, raw_csv, signum):
+    data = raw_csv()
+    env = isolated_env(tmp_path / "env")
+    out = tmp_path / "out"
+    run = Running([sys.executable, "-c", STUCK, "run", "--data", str(data), "--out", str(out)], env, tmp_path)
+    run.wait_for("stuck in native code")
+    start = time.monotonic()
+    run.proc.send_signal(signum)
+    code = run.finish(timeout=30)
+    assert code == 128 + signum
+    assert GRACE_SECONDS - 0.5 < time.monotonic() - start < GRACE_SECONDS + 4
+    assert run.stderr[-1].strip() == INTERRUPT_MESSAGE
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == []
+    assert listing(tmp_path / "env" / "tmp") == []
+
+
+def test_an_interrupt_swallowed_by_a_library_stops_the_run_at_the_next_step(tmp_path, raw_csv, monkeypatch):
+    """nutpie catches KeyboardInterrupt and returns the draws so far; the run must still stop."""
+    import bayesnqp.study as study
+
+    reached = []
+
+    def swallowing(ctx):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        except KeyboardInterrupt:
+            pass  # what nutpie does: abort sampling, return partial draws
+
+    def later(ctx):
+        reached.append(True)
+
+    monkeypatch.setattr(study, "STAGES", [study.STAGES[0], ("swallowing", swallowing), ("later", later)])
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["run", "--data", str(raw_csv()), "--out", str(out)])
+    assert res.exit_code == EXIT_INTERRUPTED, res.output
+    assert INTERRUPT_MESSAGE in res.output
+    assert not reached and not out.exists()
+    assert not list(tmp_path.glob(".out.*"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_clean_stale_restores_an_output_orphaned_between_the_two_renames(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "out"
+    old = tmp_path / f".out.old-{dead.pid}"
+    old.mkdir()
+    (old / "summary.json").write_text("{}")
+    partial = tmp_path / f".out.partial-{dead.pid}"
+    partial.mkdir()
+    live = tmp_path / f".out.partial-{os.getpid()}"  # a live run's folder is never touched
+    live.mkdir()
+    other = tmp_path / f".other.partial-{dead.pid}"
+    other.mkdir()
+    clean_stale(out)
+    assert (out / "summary.json").read_text() == "{}"
+    assert not old.exists() and not partial.exists()
+    assert live.exists() and other.exists()
