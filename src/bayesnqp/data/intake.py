@@ -23,6 +23,11 @@ from .io import ids_as_text, read_table
 from .weights import SpatialWeights
 
 MAX_CELLS_LISTED = 5  # per column and kind of problem; the rest is counted
+# Larger magnitudes are refused: descriptives take fourth powers and regressions sums of squares, which
+# overflow to inf from about 1e77 and turned every analysis into "array must not contain infs or NaNs".
+# No quantity of a city panel comes near; such a value is a unit or typing error.
+MAX_MAGNITUDE = 1e30
+YEAR_RANGE = (1800, 2200)  # years outside are typos, not calendar years of a city panel
 
 # Columns of the paper that are counts or amounts and cannot be negative.
 _PAPER_NONNEGATIVE = (
@@ -120,12 +125,19 @@ def _group_role(src: str, present: set[str], cols: tuple[str, ...], key: str, cf
 
 def _cell_problems(src: str, frame: pd.DataFrame, column: str, mask: pd.Series, message: str,
                    problems: list[Problem]) -> None:
+    if not mask.any():  # the common case; selecting nothing from the frame is what made validation slow
+        return
     hits = frame.loc[mask, [names.CITY, names.YEAR]]
     for city, year in hits.head(MAX_CELLS_LISTED).itertuples(index=False):
         problems.append(Problem(src, message, column=column, city=city, year=_year_or_none(year)))
     if len(hits) > MAX_CELLS_LISTED:
         problems.append(Problem(src, f"{message}: {len(hits) - MAX_CELLS_LISTED} more cell(s) like this",
                                 column=column))
+
+
+def _shown(value: object) -> str:
+    """A raw cell as the user wrote it: quoted text, or '(empty)'."""
+    return "(empty)" if value is None or (isinstance(value, float) and np.isnan(value)) else repr(str(value))
 
 
 def _year_or_none(value) -> int | None:
@@ -223,8 +235,18 @@ def load_study(data: str | Path | None, config: StudyConfig) -> StudyData:
         problems.append(Problem(src, f"row {row + 2}: empty city id", column=config.city))
     bad_year = year_num.isna() | ~np.isfinite(year_num) | (year_num != np.round(year_num))
     for row in np.flatnonzero(bad_year.to_numpy())[:MAX_CELLS_LISTED]:
-        problems.append(Problem(src, f"row {row + 2}: year {raw[config.year].iloc[row]!r} is not a whole number",
+        problems.append(Problem(src, f"row {row + 2}: year {_shown(raw[config.year].iloc[row])} is not a whole number",
                                 column=config.year, city=frame[names.CITY].iloc[row]))
+    # A whole number far outside the calendar (a typo such as 20155, or 1e300) would overflow the integer
+    # conversion or make the balance check enumerate millions of missing years.
+    odd_year = ~bad_year & ((year_num < YEAR_RANGE[0]) | (year_num > YEAR_RANGE[1]))
+    for row in np.flatnonzero(odd_year.to_numpy())[:MAX_CELLS_LISTED]:
+        problems.append(Problem(src, f"row {row + 2}: year {_shown(raw[config.year].iloc[row])} is not a calendar "
+                                     f"year ({YEAR_RANGE[0]}-{YEAR_RANGE[1]})",
+                                column=config.year, city=frame[names.CITY].iloc[row]))
+    if int(odd_year.sum()) > MAX_CELLS_LISTED:
+        problems.append(Problem(src, f"{int(odd_year.sum()) - MAX_CELLS_LISTED} more rows with a year outside "
+                                     f"{YEAR_RANGE[0]}-{YEAR_RANGE[1]}", column=config.year))
     if problems:
         raise InputError(problems)
     frame[names.YEAR] = year_num.astype(int)
@@ -249,7 +271,11 @@ def load_study(data: str | Path | None, config: StudyConfig) -> StudyData:
         _cell_problems(src, frame, col, original.isna() | (original.astype(str).str.strip() == ""),
                        "cell is missing (NaN)", problems)
         _cell_problems(src, frame, col, values.isin([np.inf, -np.inf]), "cell is infinite", problems)
-        frame[col] = values.astype(float)
+        as_float = values.astype(float)
+        _cell_problems(src, frame, col, np.isfinite(as_float) & (as_float.abs() > MAX_MAGNITUDE),
+                       f"cell is too large to compute with (|value| > {MAX_MAGNITUDE:g}): a unit or typing error?",
+                       problems)
+        frame[col] = as_float
     nonneg = set(employment) | set(config.nonnegative) | (set(_PAPER_NONNEGATIVE) & set(numeric_cols))
     for col in sorted(nonneg & set(numeric_cols)):
         _cell_problems(src, frame, col, frame[col] < 0, "negative value in a count/amount column", problems)
