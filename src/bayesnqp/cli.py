@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -70,6 +72,19 @@ def _fail_interrupted(exc: KeyboardInterrupt) -> None:
     raise typer.Exit(exc.exit_code if isinstance(exc, Interrupted) else EXIT_INTERRUPTED)
 
 
+def _stoppable(command: Callable[..., None]) -> Callable[..., None]:
+    """Ctrl-C anywhere in a command (the library imports alone take seconds) ends with the one-line
+    message and exit 130, not a traceback or click's 'Aborted!' with exit 1."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs) -> None:
+        try:
+            command(*args, **kwargs)
+        except KeyboardInterrupt as exc:
+            _fail_interrupted(exc)
+
+    return wrapper
+
+
 def _fail_input(exc: InputError) -> None:
     err.print(f"[bold red]error:[/] {len(exc.problems)} problem(s) in the input; nothing was written.",
               highlight=False)
@@ -87,6 +102,7 @@ ConfigOpt = Annotated[Optional[Path], typer.Option(
 
 
 @app.command()
+@_stoppable
 def run(
     data: DataOpt = None,
     config: ConfigOpt = None,
@@ -140,6 +156,7 @@ def run(
 
 
 @app.command()
+@_stoppable
 def validate(
     file: Annotated[Path, typer.Argument(help="Panel file to check (.csv, .dta, .xlsx, .parquet).")],
     config: ConfigOpt = None,

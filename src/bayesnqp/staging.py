@@ -204,7 +204,9 @@ class InterruptGuard:
             return
         read_fd, write_fd = os.pipe()
         os.set_blocking(write_fd, False)
-        previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        # A signal the parent chose to ignore (nohup, a background job) stays ignored.
+        previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)
+                    if signal.getsignal(s) is not signal.SIG_IGN}
         previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
         watcher = threading.Thread(target=self._watch, args=(read_fd,), name="bayesnqp-interrupt", daemon=True)
         watcher.start()
