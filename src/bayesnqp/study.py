@@ -10,11 +10,13 @@ byte-identical ``summary.json``. ``cli.py`` only parses arguments and calls this
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -121,38 +123,44 @@ def run_study(data: str | Path | None, config_path: str | Path | None, options: 
         guard.check()  # a Ctrl-C swallowed inside a library (nutpie returns partial draws) stops the run here
         progress(message)
 
-    with guard.active(), single_threaded_blas(), private_tempdir():
-        try:
-            (staging / "fits").mkdir(parents=True)
-            report = ReportBuilder(staging, title=title, synthetic=study.synthetic, meta=meta)
-            ctx = RunContext(study=study, settings=settings, report=report, out=staging, summary=summary,
-                             progress=checked_progress)
-            for label, stage in STAGES:
-                if not options.bayes and stage in BAYES_STAGES:
-                    continue
-                checked_progress(label)
-                stage(ctx)
-            summary["flagged"] = ctx.flagged
-            if ctx.flagged:
-                sec = report.section("diagnostics", "Convergence flags")
-                for item in ctx.flagged:
-                    report.flag(sec, item)
-            (staging / "summary.json").write_text(json.dumps(json_safe(summary), indent=2, ensure_ascii=False),
-                                                  encoding="utf-8")
-            report.render()
-            (staging / "run.json").write_text(json.dumps(run_info(started), indent=2), encoding="utf-8")
-            guard.check()
-            if options.strict and (ctx.flagged or ctx.failed):
-                raise ConvergenceError("--strict: " + "; ".join([*ctx.flagged, *ctx.failed]))
-            with guard.critical():
-                replace_folder(staging, out)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+    # Signals, one BLAS thread and a private temp folder for the whole run; closed after the cleanup below.
+    scope = ExitStack()
+    try:
+        scope.enter_context(guard.active())
+        scope.enter_context(single_threaded_blas())
+        scope.enter_context(private_tempdir())
+        (staging / "fits").mkdir(parents=True)
+        report = ReportBuilder(staging, title=title, synthetic=study.synthetic, meta=meta)
+        ctx = RunContext(study=study, settings=settings, report=report, out=staging, summary=summary,
+                         progress=checked_progress)
+        for label, stage in STAGES:
+            if not options.bayes and stage in BAYES_STAGES:
+                continue
+            checked_progress(label)
+            stage(ctx)
+        summary["flagged"] = ctx.flagged
+        if ctx.flagged:
+            sec = report.section("diagnostics", "Convergence flags")
+            for item in ctx.flagged:
+                report.flag(sec, item)
+        (staging / "summary.json").write_text(json.dumps(json_safe(summary), indent=2, ensure_ascii=False),
+                                              encoding="utf-8")
+        report.render()
+        (staging / "run.json").write_text(json.dumps(run_info(started), indent=2), encoding="utf-8")
+        guard.check()
+        if options.strict and (ctx.flagged or ctx.failed):
+            raise ConvergenceError("--strict: " + "; ".join([*ctx.flagged, *ctx.failed]))
+        with guard.critical():
+            replace_folder(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        scope.close()
     return out
 
 
-def single_threaded_blas():
+def single_threaded_blas() -> AbstractContextManager[Any]:
     """One BLAS/OpenMP thread for the numeric stages: threaded reductions sum in a varying order, and the
     same inputs must give the same bits (on two shared cores one thread is also the faster choice)."""
     from threadpoolctl import threadpool_limits
@@ -173,6 +181,7 @@ def run_info(started: float) -> dict[str, Any]:
     return {"generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "elapsed_seconds": round(time.time() - started, 1),
             "bayesnqp_version": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
-            # 0 when the hash seed was pinned (the CLI does this); a random seed can reorder set iteration
-            # inside libraries and change the last digits of results.
+            # The CLI pins the hash seed (0); a random one can reorder set iteration inside libraries and
+            # change the last digits of results.
+            "python_hash_seed": os.environ.get("PYTHONHASHSEED", "random"),
             "hash_randomization": sys.flags.hash_randomization, "libraries": libraries}
