@@ -328,15 +328,21 @@ def test_ctrl_c_stops_the_run_within_seconds_with_one_line_and_exit_130(tmp_path
 
 
 STUCK = """
+import sys
 import time
 import bayesnqp.study as study
 from bayesnqp.cli import main
 
 def stuck(ctx):
-    # Native code that swallows KeyboardInterrupt and never returns to the run (the worst case).
-    ctx.progress("stuck in native code")
+    # Native code that swallows KeyboardInterrupt and never returns to the run (the worst case). The
+    # marker is written inside the try, so a signal right after it is swallowed too.
+    announced = False
     while True:
         try:
+            if not announced:
+                announced = True
+                sys.stderr.write("stuck in native code\\n")
+                sys.stderr.flush()
             time.sleep(60)
         except KeyboardInterrupt:
             pass
