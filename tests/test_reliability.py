@@ -180,6 +180,9 @@ def test_two_identical_no_bayes_runs_write_byte_identical_summaries(tmp_path):
         assert info["hash_randomization"] == 0 and "generated_at" in info
     assert summaries[0] == summaries[1]
     assert "generated_at" not in summaries[0].decode()
+    # Nothing outside the output folders and the moved caches.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["env", "run1", "run2"]
+    assert listing(tmp_path / "env" / "home") == [] and listing(tmp_path / "env" / "tmp") == []
 
 
 def test_one_bayesian_fit_is_byte_identical_across_processes_and_writes_only_where_told(tmp_path, raw_csv):
