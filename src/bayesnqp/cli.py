@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -23,6 +27,33 @@ out = Console()
 
 EXIT_INPUT = 2
 EXIT_STRICT = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell convention
+HASH_SEED = "0"
+
+
+def main() -> None:
+    """Console entry point: pin the hash seed, then parse the command line."""
+    pin_hash_seed()
+    app()
+
+
+def pin_hash_seed() -> None:
+    """Re-execute this process once with PYTHONHASHSEED fixed, so that two runs are bit for bit alike.
+
+    Python salts the hash of strings per process, so iterating a set of names changes order from one run
+    to the next; libraries do that (pyfixest's demeaning of a two-way fixed-effects model gave results
+    differing in the 16th digit). The seed can only be set before the interpreter starts, hence the
+    re-exec (same process id, same arguments). A PYTHONHASHSEED the user set is left as it is.
+    """
+    if os.environ.get("PYTHONHASHSEED") is not None or os.name != "posix":
+        return
+    argv = getattr(sys, "orig_argv", None)
+    if not argv or not sys.executable:
+        return
+    try:
+        os.execve(sys.executable, [sys.executable, *argv[1:]], {**os.environ, "PYTHONHASHSEED": HASH_SEED})
+    except OSError:
+        return  # cannot re-exec (odd embedding): run as is; run.json records the hash randomisation
 
 
 def _quiet_library_warnings() -> None:
@@ -32,6 +63,26 @@ def _quiet_library_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*BLAS.*")
     # PyMC logs every forward-sampling call at INFO; progress is ours to show.
     logging.getLogger("pymc").setLevel(logging.WARNING)
+
+
+def _fail_interrupted(exc: KeyboardInterrupt) -> None:
+    from .staging import INTERRUPT_MESSAGE, Interrupted
+
+    err.print(INTERRUPT_MESSAGE, highlight=False, markup=False, soft_wrap=True)
+    raise typer.Exit(exc.exit_code if isinstance(exc, Interrupted) else EXIT_INTERRUPTED)
+
+
+def _stoppable(command: Callable[..., None]) -> Callable[..., None]:
+    """Ctrl-C anywhere in a command (the library imports alone take seconds) ends with the one-line
+    message and exit 130, not a traceback or click's 'Aborted!' with exit 1."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs) -> None:
+        try:
+            command(*args, **kwargs)
+        except KeyboardInterrupt as exc:
+            _fail_interrupted(exc)
+
+    return wrapper
 
 
 def _fail_input(exc: InputError) -> None:
@@ -51,6 +102,7 @@ ConfigOpt = Annotated[Optional[Path], typer.Option(
 
 
 @app.command()
+@_stoppable
 def run(
     data: DataOpt = None,
     config: ConfigOpt = None,
@@ -96,11 +148,15 @@ def run(
             status.stop()
             err.print(f"[bold red]strict mode:[/] {exc}", highlight=False, markup=False)
             raise typer.Exit(EXIT_STRICT) from None
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: staging already removed by run_study
+            status.stop()
+            _fail_interrupted(exc)
     out.print(f"report: {folder / 'index.html'}", highlight=False)
     out.print(f"summary: {folder / 'summary.json'}", highlight=False)
 
 
 @app.command()
+@_stoppable
 def validate(
     file: Annotated[Path, typer.Argument(help="Panel file to check (.csv, .dta, .xlsx, .parquet).")],
     config: ConfigOpt = None,

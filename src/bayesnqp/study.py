@@ -1,17 +1,24 @@
 """The study, stage by stage: data -> measures -> frequentist oracles -> Bayesian models -> checks -> report.
 
 ``run_study`` validates everything before it writes anything, builds the report in a hidden sibling
-folder, and moves it into place only when the whole run has finished, so a failed run leaves no
-half-written output. ``cli.py`` only parses arguments and calls this.
+folder, and moves it into place only when the whole run has finished, so a failed, interrupted or killed
+run leaves no half-written output (``staging.py``). The numeric stages run with one BLAS thread and
+``summary.json`` holds results only (the time of the run goes to ``run.json``), so the same inputs give a
+byte-identical ``summary.json``. ``cli.py`` only parses arguments and calls this.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
+import sys
+import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +29,7 @@ from .data.intake import StudyData, load_study
 from .errors import ConvergenceError, InputError, Problem
 from .report.html import ReportBuilder
 from .results import json_safe
+from .staging import InterruptGuard, clean_stale, private_tempdir, replace_folder, staging_path
 from .stages.context import RunContext
 from .stages.data import stage_data
 from .stages.bayesian import (
@@ -88,9 +96,9 @@ def run_study(data: str | Path | None, config_path: str | Path | None, options: 
     if out.exists() and not out.is_dir():
         raise InputError([Problem(str(out), "output path exists and is not a folder")])
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
+    clean_stale(out)  # staging folders of runs that were killed; never those of a live run
+    staging = staging_path(out)
+    started = time.time()
     settings = options.sampler_settings()
     summary: dict[str, Any] = {
         "bayesnqp_version": __version__,
@@ -109,15 +117,26 @@ def run_study(data: str | Path | None, config_path: str | Path | None, options: 
             "sampler": f"{settings.sampler}, {settings.chains} chains x {settings.draws} draws "
                        f"(+{settings.tune} tune), seed {settings.seed}" + (" [quick]" if options.quick else ""),
             "bayesnqp": __version__}
+    guard = InterruptGuard(staging)
+
+    def checked_progress(message: str) -> None:
+        guard.check()  # a Ctrl-C swallowed inside a library (nutpie returns partial draws) stops the run here
+        progress(message)
+
+    # Signals, one BLAS thread and a private temp folder for the whole run; closed after the cleanup below.
+    scope = ExitStack()
     try:
+        scope.enter_context(guard.active())
+        scope.enter_context(single_threaded_blas())
+        scope.enter_context(private_tempdir())
         (staging / "fits").mkdir(parents=True)
         report = ReportBuilder(staging, title=title, synthetic=study.synthetic, meta=meta)
         ctx = RunContext(study=study, settings=settings, report=report, out=staging, summary=summary,
-                         progress=progress)
+                         progress=checked_progress)
         for label, stage in STAGES:
             if not options.bayes and stage in BAYES_STAGES:
                 continue
-            progress(label)
+            checked_progress(label)
             stage(ctx)
         summary["flagged"] = ctx.flagged
         if ctx.flagged:
@@ -127,12 +146,42 @@ def run_study(data: str | Path | None, config_path: str | Path | None, options: 
         (staging / "summary.json").write_text(json.dumps(json_safe(summary), indent=2, ensure_ascii=False),
                                               encoding="utf-8")
         report.render()
+        (staging / "run.json").write_text(json.dumps(run_info(started), indent=2), encoding="utf-8")
+        guard.check()
         if options.strict and (ctx.flagged or ctx.failed):
             raise ConvergenceError("--strict: " + "; ".join([*ctx.flagged, *ctx.failed]))
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+        with guard.critical():
+            replace_folder(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        scope.close()
     return out
+
+
+def single_threaded_blas() -> AbstractContextManager[Any]:
+    """One BLAS/OpenMP thread for the numeric stages: threaded reductions sum in a varying order, and the
+    same inputs must give the same bits (on two shared cores one thread is also the faster choice)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1)
+
+
+def run_info(started: float) -> dict[str, Any]:
+    """When and with what the run was made: kept out of summary.json so the results stay byte-identical."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    libraries = {}
+    for name in ("numpy", "scipy", "pandas", "pymc", "pytensor", "nutpie", "numba", "arviz", "pyfixest"):
+        try:
+            libraries[name] = version(name)
+        except PackageNotFoundError:
+            libraries[name] = None
+    return {"generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "elapsed_seconds": round(time.time() - started, 1),
+            "bayesnqp_version": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
+            # The CLI pins the hash seed (0); a random one can reorder set iteration inside libraries and
+            # change the last digits of results.
+            "python_hash_seed": os.environ.get("PYTHONHASHSEED", "random"),
+            "hash_randomization": sys.flags.hash_randomization, "libraries": libraries}

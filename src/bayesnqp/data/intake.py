@@ -23,6 +23,11 @@ from .io import ids_as_text, read_table
 from .weights import SpatialWeights
 
 MAX_CELLS_LISTED = 5  # per column and kind of problem; the rest is counted
+# Larger magnitudes are refused: descriptives take fourth powers and regressions sums of squares, which
+# overflow to inf from about 1e77 and turned every analysis into "array must not contain infs or NaNs".
+# No quantity of a city panel comes near; such a value is a unit or typing error.
+MAX_MAGNITUDE = 1e30
+YEAR_RANGE = (1800, 2200)  # years outside are typos, not calendar years of a city panel
 
 # Columns of the paper that are counts or amounts and cannot be negative.
 _PAPER_NONNEGATIVE = (
@@ -120,12 +125,19 @@ def _group_role(src: str, present: set[str], cols: tuple[str, ...], key: str, cf
 
 def _cell_problems(src: str, frame: pd.DataFrame, column: str, mask: pd.Series, message: str,
                    problems: list[Problem]) -> None:
+    if not mask.any():  # the common case; selecting nothing from the frame is what made validation slow
+        return
     hits = frame.loc[mask, [names.CITY, names.YEAR]]
     for city, year in hits.head(MAX_CELLS_LISTED).itertuples(index=False):
         problems.append(Problem(src, message, column=column, city=city, year=_year_or_none(year)))
     if len(hits) > MAX_CELLS_LISTED:
         problems.append(Problem(src, f"{message}: {len(hits) - MAX_CELLS_LISTED} more cell(s) like this",
                                 column=column))
+
+
+def _shown(value: object) -> str:
+    """A raw cell as the user wrote it: quoted text, or '(empty)'."""
+    return "(empty)" if value is None or (isinstance(value, float) and np.isnan(value)) else repr(str(value))
 
 
 def _year_or_none(value) -> int | None:
@@ -223,8 +235,18 @@ def load_study(data: str | Path | None, config: StudyConfig) -> StudyData:
         problems.append(Problem(src, f"row {row + 2}: empty city id", column=config.city))
     bad_year = year_num.isna() | ~np.isfinite(year_num) | (year_num != np.round(year_num))
     for row in np.flatnonzero(bad_year.to_numpy())[:MAX_CELLS_LISTED]:
-        problems.append(Problem(src, f"row {row + 2}: year {raw[config.year].iloc[row]!r} is not a whole number",
+        problems.append(Problem(src, f"row {row + 2}: year {_shown(raw[config.year].iloc[row])} is not a whole number",
                                 column=config.year, city=frame[names.CITY].iloc[row]))
+    # A whole number far outside the calendar (a typo such as 20155, or 1e300) would overflow the integer
+    # conversion or make the balance check enumerate millions of missing years.
+    odd_year = ~bad_year & ((year_num < YEAR_RANGE[0]) | (year_num > YEAR_RANGE[1]))
+    for row in np.flatnonzero(odd_year.to_numpy())[:MAX_CELLS_LISTED]:
+        problems.append(Problem(src, f"row {row + 2}: year {_shown(raw[config.year].iloc[row])} is not a calendar "
+                                     f"year ({YEAR_RANGE[0]}-{YEAR_RANGE[1]})",
+                                column=config.year, city=frame[names.CITY].iloc[row]))
+    if int(odd_year.sum()) > MAX_CELLS_LISTED:
+        problems.append(Problem(src, f"{int(odd_year.sum()) - MAX_CELLS_LISTED} more rows with a year outside "
+                                     f"{YEAR_RANGE[0]}-{YEAR_RANGE[1]}", column=config.year))
     if problems:
         raise InputError(problems)
     frame[names.YEAR] = year_num.astype(int)
@@ -249,7 +271,11 @@ def load_study(data: str | Path | None, config: StudyConfig) -> StudyData:
         _cell_problems(src, frame, col, original.isna() | (original.astype(str).str.strip() == ""),
                        "cell is missing (NaN)", problems)
         _cell_problems(src, frame, col, values.isin([np.inf, -np.inf]), "cell is infinite", problems)
-        frame[col] = values.astype(float)
+        as_float = values.astype(float)
+        _cell_problems(src, frame, col, np.isfinite(as_float) & (as_float.abs() > MAX_MAGNITUDE),
+                       f"cell is too large to compute with (|value| > {MAX_MAGNITUDE:g}): a unit or typing error?",
+                       problems)
+        frame[col] = as_float
     nonneg = set(employment) | set(config.nonnegative) | (set(_PAPER_NONNEGATIVE) & set(numeric_cols))
     for col in sorted(nonneg & set(numeric_cols)):
         _cell_problems(src, frame, col, frame[col] < 0, "negative value in a count/amount column", problems)
@@ -299,6 +325,12 @@ def load_study(data: str | Path | None, config: StudyConfig) -> StudyData:
     in_geo = geo_cities is not None and set(cities) <= set(geo_cities.index)
     if in_geo:
         provinces = geo_cities.loc[cities, names.PROVINCE]
+    own_geography = bool(config.weights_file) or config.spatial == "false"
+    mixed = geo_cities is not None and not in_geo and bool(set(cities) & set(geo_cities.index))
+    if mixed and not own_geography:
+        problems.extend(mixed_id_problems(src, config.city, cities, geo_cities,
+                                          frame_ok.groupby(names.CITY)["city_name"].first()
+                                          if "city_name" in frame_ok.columns else None))
     if config.spatial != "false":
         if config.weights_file:
             try:
@@ -311,7 +343,7 @@ def load_study(data: str | Path | None, config: StudyConfig) -> StudyData:
 
             weights = load_geography().weights.subset(cities)
             weights_source = "bundled 280-city queen contiguity"
-        elif config.spatial == "true":
+        elif config.spatial == "true" and not mixed:  # a mixed panel is refused above, with suggestions
             missing = [c for c in cities if geo_cities is None or c not in geo_cities.index]
             for c in missing[:MAX_CELLS_LISTED]:
                 problems.append(Problem(src, "city id not in the bundled geography of the 280 cities (spatial "
@@ -319,7 +351,7 @@ def load_study(data: str | Path | None, config: StudyConfig) -> StudyData:
                                         column=config.city, city=c))
             if len(missing) > MAX_CELLS_LISTED:
                 problems.append(Problem(src, f"{len(missing) - MAX_CELLS_LISTED} more cities not in the geography"))
-        else:
+        elif not mixed:
             skipped.append(Skipped("spatial", "spatial analyses skipped: the city ids are not the bundled 280 "
                                               "cities and no [spatial] weights file was given"))
     else:
@@ -363,6 +395,65 @@ def load_study(data: str | Path | None, config: StudyConfig) -> StudyData:
     return StudyData(source=src, synthetic=_is_synthetic(path), frame=frame, roles=roles, config=config,
                      index_weights=index_weights, weights=weights, weights_source=weights_source,
                      provinces=provinces, city_names=city_names, balanced=balanced, skipped=tuple(skipped))
+
+
+MAX_UNKNOWN_LISTED = 20  # unknown ids of a mixed panel named one by one; the rest is counted
+
+
+def mixed_id_problems(src: str, column: str, cities: list[str], geo: pd.DataFrame,
+                      labels: pd.Series | None = None) -> list[Problem]:
+    """Problems for a panel whose ids are partly the bundled adcodes and partly not.
+
+    Some ids matching the 280 cities and others not is almost always a typo (one adcode mistyped),
+    not a different study, so each unknown id is named with the closest bundled city as a suggestion.
+    """
+    known = set(geo.index)
+    unknown = [c for c in cities if c not in known]
+    n_known = len(cities) - len(unknown)
+    # Bundled cities absent from the panel are the likeliest intended ids; fall back to all of them.
+    absent = [c for c in geo.index if c not in set(cities)]
+    out = [Problem(src, f"{len(unknown)} of {len(cities)} city ids are not in the bundled geography of the 280 "
+                        f"cities while the other {n_known} are: a mistyped adcode? Correct the ids, or, if the "
+                        "panel is not the paper's cities, give [spatial] weights or set [spatial] enabled = false",
+                   column=column)]
+    for city in unknown[:MAX_UNKNOWN_LISTED]:
+        label = None if labels is None else labels.get(city)
+        best = closest_adcode(city, geo, absent or list(geo.index), label)
+        row = geo.loc[best]
+        out.append(Problem(src, f"city id not in the bundled geography; closest bundled city: {best} "
+                                f"{row['name_zh']} ({row['pinyin']})", column=column, city=city))
+    if len(unknown) > MAX_UNKNOWN_LISTED:
+        out.append(Problem(src, f"{len(unknown) - MAX_UNKNOWN_LISTED} more city ids not in the bundled geography",
+                           column=column))
+    return out
+
+
+def closest_adcode(city: str, geo: pd.DataFrame, candidates: list[str], label: object = None) -> str:
+    """The bundled adcode most like ``city``: a candidate whose name equals the row's city name first,
+    then fewest edits, then the numerically nearest code, then the smallest code (so ties are stable)."""
+    if isinstance(label, str) and label.strip():
+        wanted = label.strip().casefold()
+        for c in candidates:
+            if wanted in (str(geo.at[c, "name_zh"]).casefold(), str(geo.at[c, "pinyin"]).casefold()):
+                return c
+    number = int(city) if city.isdigit() else None
+
+    def key(c: str) -> tuple[int, int, str]:
+        far = abs(int(c) - number) if number is not None and c.isdigit() else 10**9
+        return _edit_distance(city, c), far, c
+
+    return min(candidates, key=key)
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance (ids are short; a plain dynamic programme is enough)."""
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
 
 
 def _bundled_cities() -> pd.DataFrame | None:
