@@ -21,6 +21,7 @@ from .config import load_config
 from .data.intake import StudyData, load_study
 from .errors import ConvergenceError, InputError, Problem
 from .report.html import ReportBuilder
+from .checks.flags import records as flag_records
 from .results import json_safe
 from .stages.context import RunContext
 from .stages.data import stage_data
@@ -119,16 +120,17 @@ def run_study(data: str | Path | None, config_path: str | Path | None, options: 
                 continue
             progress(label)
             stage(ctx)
-        summary["flagged"] = ctx.flagged
+        summary["flagged"] = flag_records(ctx.flagged)
         if ctx.flagged:
-            sec = report.section("diagnostics", "Convergence flags")
+            sec = report.section("diagnostics", "Flags: every check that failed")
             for item in ctx.flagged:
-                report.flag(sec, item)
+                report.flag(sec, str(item))
         (staging / "summary.json").write_text(json.dumps(json_safe(summary), indent=2, ensure_ascii=False),
                                               encoding="utf-8")
         report.render()
         if options.strict and (ctx.flagged or ctx.failed):
-            raise ConvergenceError("--strict: " + "; ".join([*ctx.flagged, *ctx.failed]))
+            # every flag kind fails a strict run, not only convergence (failures are flags of kind "failed")
+            raise ConvergenceError("--strict: " + "; ".join(str(f) for f in ctx.flagged))
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
