@@ -1,0 +1,184 @@
+"""City-level Bayesian bootstrap of the fixed-effects estimators (Rubin 1981; Chamberlain & Imbens 2003).
+
+A design-based companion to the model-based posteriors: each replication draws Dirichlet(1, ..., 1)
+weights over cities (every city-year of a city carries its city's weight) and re-solves the weighted
+regression, fixed effects included. The spread of the replications is a posterior for the estimand under
+a nonparametric model of the cities as draws from a population, with any correlation within a city left
+unrestricted, the same assumption as the city-clustered (CRV1) standard error, whose value it approaches
+as the number of cities grows.
+
+Exact weighted two-way within estimator. Because a city's weight is the same in all its years, the
+weighted city mean equals the unweighted one: demeaning within city does not depend on the weights and is
+done once. Year effects enter as explicit dummies (T - 1 of them beside city effects), so the weighted
+least squares of the city-demeaned outcome on the city-demeaned regressors and dummies is the weighted
+two-way FE estimator by Frisch-Waugh-Lovell, exact in balanced and unbalanced panels alike (no
+alternating projections, no tolerance). Every weighted cross-product is a weighted sum of per-city
+cross-product matrices, computed once, so a replication costs one (cities x p^2) product and one p x p
+solve: 1,000 replications of the 280-city panel take well under a second. 2SLS uses the same
+cross-products (instruments and exogenous regressors together).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .. import names
+
+DEFAULT_REPLICATIONS = 1000
+DEFAULT_SEED = 20240601
+METHOD = ("city-level Bayesian bootstrap: Dirichlet(1, ..., 1) weights over cities, the weighted "
+          "estimator re-solved with its fixed effects in each replication (Rubin 1981; Chamberlain & "
+          "Imbens 2003)")
+
+
+def dirichlet_weights(cities: Sequence[str], n_rep: int = DEFAULT_REPLICATIONS, seed: int = DEFAULT_SEED
+                      ) -> pd.DataFrame:
+    """(n_rep, cities) Dirichlet(1, ..., 1) weights, scaled to sum to the number of cities (the scale
+    does not change a weighted estimate; this one makes unit weights the ordinary estimator)."""
+    cities = [str(c) for c in cities]
+    if len(set(cities)) != len(cities):
+        raise ValueError("city labels must be unique")
+    e = np.random.default_rng(seed).standard_exponential((int(n_rep), len(cities)))
+    return pd.DataFrame(e / e.sum(axis=1, keepdims=True) * len(cities), columns=pd.Index(cities, name=names.CITY))
+
+
+@dataclass(frozen=True)
+class _Design:
+    """Per-city cross-products of [regressors, extra columns, outcome] after the city transformation."""
+
+    cross: np.ndarray  # (n_city, q, q)
+    cities: tuple[str, ...]
+    columns: tuple[str, ...]
+    scale: np.ndarray  # column scales divided out before the products (conditioning only)
+
+
+def _design(frame: pd.DataFrame, outcome: str, regressors: Sequence[str], instruments: Sequence[str], *,
+            city_fe: bool, year_fe: bool) -> _Design:
+    cols = [*regressors, *instruments, outcome]
+    missing = [c for c in cols if c not in frame.columns]
+    if missing:
+        raise ValueError(f"panel lacks columns {missing}")
+    data = frame[cols]
+    if data.isna().any().any():
+        raise ValueError(f"missing values in {data.columns[data.isna().any()].tolist()}")
+    city = frame.index.get_level_values(names.CITY).astype(str).to_numpy()
+    year = frame.index.get_level_values(names.YEAR).astype(int).to_numpy()
+    cities, city_idx = np.unique(city, return_inverse=True)
+    years, year_idx = np.unique(year, return_inverse=True)
+    parts = [data[list(regressors)].to_numpy(float)]
+    extra: list[str] = []
+    if not city_fe:
+        parts.append(np.ones((len(data), 1)))
+        extra.append("constant")
+    if year_fe:
+        dummies = (year_idx[:, None] == np.arange(1, len(years))[None, :]).astype(float)
+        parts.append(dummies)
+        extra += [f"year_{y}" for y in years[1:]]
+    parts.append(data[list(instruments)].to_numpy(float))
+    parts.append(data[[outcome]].to_numpy(float))
+    m = np.column_stack(parts)
+    if city_fe:
+        counts = np.bincount(city_idx, minlength=len(cities)).astype(float)
+        sums = np.zeros((len(cities), m.shape[1]))
+        np.add.at(sums, city_idx, m)
+        m = m - (sums / counts[:, None])[city_idx]
+    scale = np.sqrt((m ** 2).mean(axis=0))
+    scale[scale == 0] = 1.0
+    m = m / scale
+    cross = np.zeros((len(cities), m.shape[1], m.shape[1]))
+    np.add.at(cross, city_idx, m[:, :, None] * m[:, None, :])
+    return _Design(cross, tuple(cities), (*regressors, *extra, *instruments, outcome), scale)
+
+
+def _solve(design: _Design, weights: np.ndarray, k: int, n_exog_extra: int, n_inst: int) -> np.ndarray:
+    """Weighted OLS (n_inst = 0) or 2SLS (the first regressor endogenous, n_inst excluded instruments)
+    for each row of ``weights`` (R, n_city); returns (R, k) slopes of the regressors."""
+    s = np.einsum("rg,gij->rij", weights, design.cross)
+    p = k + n_exog_extra
+    x = np.arange(p)
+    y = s.shape[1] - 1
+    if n_inst == 0:
+        coef = np.linalg.solve(s[:, x[:, None], x[None, :]], s[:, x, y][..., None])[..., 0]
+    else:
+        # instruments: the excluded ones plus every exogenous column (all regressors but the first)
+        z = np.concatenate([x[1:], np.arange(p, p + n_inst)])
+        szz = s[:, z[:, None], z[None, :]]
+        szx = s[:, z[:, None], x[None, :]]
+        szy = s[:, z, y]
+        a = np.linalg.solve(szz, szx)  # Szz^-1 Szx
+        lhs = np.einsum("rzi,rzj->rij", szx, a)
+        rhs = np.einsum("rzi,rz->ri", a, szy)
+        coef = np.linalg.solve(lhs, rhs[..., None])[..., 0]
+    # undo the column scaling: b_j = b_j' * scale_y / scale_j
+    return coef[:, :k] * design.scale[-1] / design.scale[:k]
+
+
+def weighted_fe(frame: pd.DataFrame, outcome: str, regressors: Sequence[str],
+                city_weights: pd.Series | np.ndarray | None = None, *, city_fe: bool = True, year_fe: bool = True,
+                instruments: Sequence[str] = ()) -> pd.Series:
+    """Weighted (two-way) fixed-effects estimate of the regressors' slopes, each city-year weighted by its
+    city's weight (``city_weights`` indexed by city; None: unit weights, the ordinary estimator).
+
+    ``instruments``: excluded instruments for the FIRST regressor (2SLS; the other regressors are
+    exogenous). Without city effects an intercept is included."""
+    design = _design(frame, outcome, regressors, instruments, city_fe=city_fe, year_fe=year_fe)
+    w = _align(city_weights, design.cities)[None, :]
+    n_extra = len(design.columns) - len(regressors) - len(instruments) - 1
+    coef = _solve(design, w, len(regressors), n_extra, len(instruments))
+    return pd.Series(coef[0], index=pd.Index(list(regressors), name="term"))
+
+
+def _align(weights: pd.Series | pd.DataFrame | np.ndarray | None, cities: tuple[str, ...]) -> np.ndarray:
+    if weights is None:
+        return np.ones(len(cities))
+    if isinstance(weights, (pd.Series, pd.DataFrame)):
+        index = weights.index if isinstance(weights, pd.Series) else weights.columns
+        missing = [c for c in cities if c not in set(index.astype(str))]
+        if missing:
+            raise ValueError(f"no weight for cities {missing[:5]}")
+        if isinstance(weights, pd.Series):
+            weights = pd.Series(weights.to_numpy(float), index=index.astype(str))
+            return weights.loc[list(cities)].to_numpy(float)
+        frame = weights.copy()
+        frame.columns = index.astype(str)
+        return frame[list(cities)].to_numpy(float)
+    arr = np.asarray(weights, dtype=float)
+    if arr.shape[-1] != len(cities):
+        raise ValueError(f"{arr.shape[-1]} weights for {len(cities)} cities")
+    return arr
+
+
+def bootstrap_draws(frame: pd.DataFrame, outcome: str, regressors: Sequence[str], weights: pd.DataFrame, *,
+                    city_fe: bool = True, year_fe: bool = True, instruments: Sequence[str] = ()) -> pd.DataFrame:
+    """(replications, regressors) weighted estimates, one row per row of ``weights`` (columns: cities;
+    see ``dirichlet_weights``). Cities of ``weights`` absent from ``frame`` are ignored, so one weight
+    draw can serve several subsamples (the groups of a median split share it)."""
+    design = _design(frame, outcome, regressors, instruments, city_fe=city_fe, year_fe=year_fe)
+    w = _align(weights, design.cities)
+    n_extra = len(design.columns) - len(regressors) - len(instruments) - 1
+    coef = _solve(design, w, len(regressors), n_extra, len(instruments))
+    return pd.DataFrame(coef, columns=pd.Index(list(regressors), name="term"))
+
+
+def summarise(draws: pd.DataFrame, *, seed: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``extra["bootstrap"]`` block of an oracle: sd and 2.5/97.5 % quantiles per term."""
+    q = draws.quantile([0.025, 0.975])
+    return {"method": METHOD, "replications": int(len(draws)), "seed": int(seed),
+            "sd": {str(t): float(draws[t].std(ddof=1)) for t in draws.columns},
+            "mean": {str(t): float(draws[t].mean()) for t in draws.columns},
+            "ci95": {str(t): [float(q.loc[0.025, t]), float(q.loc[0.975, t])] for t in draws.columns},
+            **(extra or {})}
+
+
+def bootstrap_sd(extra: dict[str, Any], term: str) -> float:
+    """The bootstrap sd of ``term`` recorded in an oracle's ``extra`` (NaN where there is none)."""
+    block = extra.get("bootstrap") if isinstance(extra, dict) else None
+    if not isinstance(block, dict):
+        return float("nan")
+    value = block.get("sd", {}).get(term)
+    return float(value) if value is not None else float("nan")
