@@ -1,9 +1,12 @@
-"""Posterior against its frequentist oracle: z = (posterior mean - estimate) / SE for each shared term."""
+"""Posterior against its frequentist oracle: z = (posterior mean - estimate) / SE for each shared term,
+sd_ratio = posterior sd / SE (the SE is the oracle's, city-clustered by default), and the sd of the
+city-level Bayesian bootstrap of the oracle where one was run (NaN otherwise)."""
 
 from __future__ import annotations
 
 import pandas as pd
 
+from ..frequentist.bootstrap import bootstrap_sd
 from ..results import AnalysisResult
 
 # A model that rebuilds its oracle under weak priors must land within this many oracle SEs.
@@ -21,7 +24,8 @@ def agreement(posterior: pd.DataFrame, oracle: AnalysisResult, terms: dict[str, 
         rows.append({"term": term, "estimate": est["estimate"], "std_error": est["std_error"],
                      "post_mean": post["mean"], "post_sd": post["sd"],
                      "z": (post["mean"] - est["estimate"]) / est["std_error"],
-                     "sd_ratio": post["sd"] / est["std_error"]})
+                     "sd_ratio": post["sd"] / est["std_error"],
+                     "bootstrap_sd": bootstrap_sd(oracle.extra, term)})
     table = pd.DataFrame(rows).set_index("term")
     table.attrs["oracle"] = oracle.id
     return table

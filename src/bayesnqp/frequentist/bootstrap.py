@@ -182,3 +182,56 @@ def bootstrap_sd(extra: dict[str, Any], term: str) -> float:
         return float("nan")
     value = block.get("sd", {}).get(term)
     return float(value) if value is not None else float("nan")
+
+
+def _regressors(result: Any) -> list[str]:
+    return [t for t in result.coefs.index if t != "constant"]
+
+
+def companion(result: Any, frame: pd.DataFrame, weights: pd.DataFrame, *, seed: int,
+              instrument: str | None = None) -> dict[str, Any] | None:
+    """The bootstrap block for a fixed-effects oracle (``AnalysisResult``), or None for a kind it does
+    not cover. ``weights``: one ``dirichlet_weights`` draw over all cities, shared by every oracle so
+    their bootstraps are jointly coherent.
+
+    Covered: Table 3 columns and Table 4 regressions (their own fixed effects); the median splits
+    (each group's two-way FE on its cities, the difference as high - low within each replication, which
+    equals the interacted model's coefficient); 2SLS with two-way effects when ``instrument`` (the
+    distance column) is given."""
+    fe = set(result.fixed_effects)
+    city_fe, year_fe = names.CITY in fe, names.YEAR in fe
+    rid = str(result.id)
+    if rid.startswith(("table3_col", "table4_")):
+        draws = bootstrap_draws(frame, result.dep_var, _regressors(result), weights, city_fe=city_fe,
+                                year_fe=year_fe)
+        return summarise(draws, seed=seed)
+    if rid.startswith("hetero_") and "splitter" in result.extra:
+        from .panel import median_split
+
+        high, _ = median_split(frame, result.extra["splitter"])
+        city = frame.index.get_level_values(names.CITY)
+        is_high = high.reindex(city).to_numpy(dtype=bool)
+        term = str(result.coefs.index[0]).split("[", 1)[0]
+        fits = result.extra.get("group_fits", {}).get("low", {}).get("terms", {})
+        regs = [t for t in fits if t != "constant"] or [term]
+        parts = {g: bootstrap_draws(frame.loc[mask], result.dep_var, regs, weights)[term]
+                 for g, mask in (("low", ~is_high), ("high", is_high))}
+        draws = pd.DataFrame({f"{term}[low]": parts["low"], f"{term}[high]": parts["high"],
+                              "difference": parts["high"] - parts["low"]})
+        return summarise(draws, seed=seed, extra={"groups": "each group's two-way FE on its own cities; "
+                                                            "difference = high - low per replication"})
+    if rid in ("iv_2sls", "iv_2sls_trend") and instrument is not None:
+        data = frame.copy()
+        year = data.index.get_level_values(names.YEAR).astype(int).to_numpy()
+        years = np.unique(year)
+        dist = data[instrument].to_numpy(float) / 1000.0
+        if rid == "iv_2sls_trend":
+            zs = ["_z_trend"]
+            data["_z_trend"] = dist * (year - years[0])
+        else:  # distance x year dummies, first year omitted (as the oracle)
+            zs = [f"_z_{y}" for y in years[1:]]
+            for y, z in zip(years[1:], zs):
+                data[z] = dist * (year == y)
+        draws = bootstrap_draws(data, result.dep_var, _regressors(result), weights, instruments=zs)
+        return summarise(draws, seed=seed)
+    return None

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from ..bayes.result import BayesResult
 from ..bayes.sampling import SamplerSettings
 from ..checks.flags import Flag, convergence_flags, failed_flag
@@ -29,6 +31,8 @@ class RunContext:
     flagged: list[Flag] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     progress: Callable[[str], None] = lambda message: None
+    # one Dirichlet draw over cities shared by every oracle's Bayesian bootstrap (set on first use)
+    bootstrap_weights: pd.DataFrame | None = None
 
     def add_oracle(self, result: AnalysisResult) -> AnalysisResult:
         self.oracles[result.id] = result
