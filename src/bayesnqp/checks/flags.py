@@ -90,6 +90,20 @@ def ppc_flags(analysis_id: str, p_values: Mapping[str, float], *, what: str = ""
                  "the model does not reproduce these features of the data.")]
 
 
+def ppc_statistics_flags(analysis_id: str, statistics: Mapping[str, Any], *, what: str = "") -> list[Flag]:
+    """``ppc_flags`` on a ``checks.ppc.test_statistics`` result ({statistic: {"p_value": p, ...}}; other
+    entries, such as a plain number, are not p-values and are skipped)."""
+    p_values = {k: v["p_value"] for k, v in statistics.items() if isinstance(v, Mapping) and "p_value" in v}
+    return ppc_flags(analysis_id, p_values, what=what)
+
+
+def nested_ppc_flags(analysis_id: str, p_values: Mapping[str, Mapping[str, float]], *, what: str = "") -> list[Flag]:
+    """``ppc_flags`` on {variable: {statistic: p}} (e.g. the mediation model's residualised variables)."""
+    flat = {f"{var} {stat}": p for var, stats in p_values.items() for stat, p in stats.items()
+            if p is not None}
+    return ppc_flags(analysis_id, flat, what=what)
+
+
 def pareto_k_share(k: np.ndarray | Iterable[float]) -> float:
     """Share of observations with Pareto k above PARETO_K_MAX."""
     arr = np.asarray(list(k) if not isinstance(k, np.ndarray) else k, dtype=float).ravel()
@@ -106,6 +120,16 @@ def pareto_k_flags(analysis_id: str, share: float, n: int | None = None, *, what
                  f"PSIS-LOO unreliable{where}: {share:.1%} of observations{count} have Pareto k > "
                  f"{PARETO_K_MAX} (threshold {PARETO_K_SHARE:.0%}); its elpd and model ranking are "
                  "approximate.")]
+
+
+def pareto_counts_flags(analysis_id: str, counts: Mapping[str, Any], *, what: str = "") -> list[Flag]:
+    """``pareto_k_flags`` on ``checks.compare.pareto_k_counts`` output (good / ok_or_unreliable / bad / n),
+    whose bands split at the same k as PARETO_K_MAX."""
+    n = int(counts.get("n", 0))
+    if n <= 0:
+        return []
+    high = int(counts.get("ok_or_unreliable", 0)) + int(counts.get("bad", 0))
+    return pareto_k_flags(analysis_id, high / n, n, what=what)
 
 
 def sd_ratio_outside(ratio: float) -> bool:
