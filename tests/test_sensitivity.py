@@ -100,3 +100,43 @@ def test_draws_that_do_not_fit_the_model_are_refused(y):
     res = sens.power_scaling(_model(y, 1.0), wrong, ["mu"])
     assert not res.available and "shape" in res.reason
     assert res.block() == {"available": False, "reason": res.reason}
+
+
+# --------------------------------------------------------------------------------------------------
+# one real fit: the stage rebuilds the headline model from its spec and scales its exact densities
+
+
+def test_stage_rebuilds_the_two_way_model_and_finds_its_weak_priors_harmless(tmp_path):
+    from types import SimpleNamespace
+
+    from bayesnqp import frequentist as fq
+    from bayesnqp.bayes import panel
+    from bayesnqp.bayes.sampling import SamplerSettings
+    from bayesnqp.report.html import ReportBuilder
+    from bayesnqp.stages.bayesian import prior_sensitivity, rebuild_model
+    from bayesnqp.stages.context import RunContext
+
+    controls = ("develop", "finance")
+    frame, _ = panel.simulate_panel(n_city=40, n_year=6, seed=3, controls=controls)
+    settings = SamplerSettings(draws=250, tune=300, chains=2, seed=5)
+    oracles = {x.id: x for x in fq.table3(frame, controls=list(controls))}
+    (col4,) = panel.fit_table3(frame, controls, settings, oracles, columns=(4,))
+    study = SimpleNamespace(frame=frame, roles=SimpleNamespace(controls=controls, instrument=None, mechanisms={}))
+    report = ReportBuilder(tmp_path, title="t", synthetic=True, meta={})
+    ctx = RunContext(study=study, settings=settings, report=report, out=tmp_path,  # type: ignore[arg-type]
+                     summary={"analyses": {col4.id: {}}, "failed": {}})
+    model, potentials = rebuild_model(ctx, col4)
+    assert potentials == () and "nqp" in model.named_vars
+    prior_sensitivity(ctx, report.section("s", "s"), col4)
+    block = ctx.summary["analyses"][col4.id]["prior_sensitivity"]
+    assert ctx.summary["failed"] == {}
+    assert block["available"], block
+    assert "nqp" in block["likelihood_terms"] and "beta_std" in block["scaled_priors"]
+    row = block["quantities"]["beta[agglomeration]"]
+    assert row["prior"] < PSENS_THRESHOLD < row["likelihood"]
+    assert row["diagnosis"] == "-"
+    assert not [f for f in ctx.flagged if f.kind == "prior_sensitivity" and "agglomeration" in f.message]
+    # draws from another spec are refused rather than scaled against the wrong density
+    col4.idata.attrs["spec_hash"] = "0" * 64
+    with pytest.raises(ValueError, match="spec"):
+        rebuild_model(ctx, col4)

@@ -99,9 +99,9 @@ def log_densities(model: pm.Model, posterior: xr.Dataset, *, likelihood_potentia
     missing = [n for n in names if n not in posterior]
     if missing:
         raise ValueError(f"the posterior lacks the model's free variables {missing}")
-    init = model.initial_point()
     for rv in model.free_RVs:
-        want = np.shape(init[model.rvs_to_values[rv].name])
+        # the variable's own (constrained) shape: a transform may change the value's (zero-sum: n - 1)
+        want = tuple(int(x) for x in rv.shape.eval())
         got = posterior[rv.name].shape[2:]
         if tuple(got) != tuple(want):
             raise ValueError(f"{rv.name}: posterior shape {tuple(got)} differs from the model's {tuple(want)}")
@@ -147,14 +147,18 @@ def _labels(ds: xr.Dataset | xr.DataArray) -> dict[str, float]:
 
 
 def power_scaling(model: pm.Model, idata: az.InferenceData, var_names: Sequence[str], *,
-                  likelihood_potentials: Sequence[str] = (), delta: float = DELTA) -> Sensitivity:
+                  likelihood_potentials: Sequence[str] = (), exclude_priors: Sequence[str] = (),
+                  delta: float = DELTA) -> Sensitivity:
     """Prior and likelihood power-scaling sensitivity of ``var_names`` (posterior variables, reported
-    quantities included) for a model fitted to ``idata``. See the module notes for what is scaled."""
+    quantities included) for a model fitted to ``idata``. See the module notes for what is scaled.
+    ``exclude_priors``: further free variables whose prior is structural rather than a choice (the
+    standard-Normal innovations of non-centred hierarchical effects, which are the hierarchical prior
+    in another parameterisation)."""
     posterior = idata.posterior
     var_names = [v for v in var_names if v in posterior]
     if not var_names:
         return unavailable("none of the reported quantities is in the posterior")
-    excluded = hierarchical_priors(model)
+    excluded = [*hierarchical_priors(model), *[n for n in exclude_priors if n in model.named_vars]]
     try:
         lp, ll = log_densities(model, posterior, likelihood_potentials=likelihood_potentials,
                                exclude_priors=excluded)

@@ -4,6 +4,7 @@ oracle, diagnostics flags, figures and extra tables."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -50,6 +51,8 @@ def render_bayes(ctx: RunContext, section, result: BayesResult) -> None:
         report.text(section, note)
     for record in check_flags(result):
         ctx.flag(record, section)
+    if HEADLINE.match(result.id):
+        prior_sensitivity(ctx, section, result)
     if result.id == "bayes_likelihoods":
         sentence = likelihood_choice(result)
         if sentence:
@@ -129,7 +132,8 @@ def likelihood_choice(result: BayesResult) -> str:
                 + (f", although it fails its PPC on {', '.join(normal_bad)}." if normal_bad else "."))
     diff = compare.get("normal", {}).get("elpd_diff")
     dse = compare.get("normal", {}).get("dse")
-    by = f" by {diff:.1f} elpd (se {dse:.1f})" if diff is not None and dse is not None else ""
+    by = (f" over the Normal by {diff:.1f} elpd (se of the difference {dse:.1f})"
+          if diff is not None and dse is not None else "")
 
     def slope(lik: str) -> str:
         label = f"beta_{lik}[agglomeration]"
@@ -150,6 +154,95 @@ def likelihood_choice(result: BayesResult) -> str:
                      f"{best} likelihood {slope(best)}" + ("; LogNormal slopes are semi-elasticities, not "
                                                           "comparable in size." if best == "lognormal" else "."))
     return sentence
+
+
+# Standard-Normal innovations of non-centred hierarchical effects: structural, not a prior choice.
+NONCENTRED_INNOVATIONS = ("city_z", "group_z")
+
+
+def rebuild_model(ctx: RunContext, result: BayesResult) -> tuple[Any, tuple[str, ...]]:
+    """The PyMC model that produced a headline result's draws, rebuilt from its spec and the run's data,
+    and the names of its potentials that are likelihood terms. Raises ValueError where it cannot be
+    rebuilt or its spec is not the one the draws came from."""
+    from ..bayes.spec import load_spec
+
+    rid, study = result.id, ctx.study
+    r, frame = study.roles, study.frame
+    controls = list(r.controls)
+    if rid.startswith("bayes_table3_col"):
+        from ..bayes.panel import build_panel_model, panel_data
+
+        spec = load_spec(rid)
+        pdata = panel_data(frame, spec.outcome, spec.expand_terms(controls))
+        model, potentials = build_panel_model(pdata, spec), ()
+    elif rid.startswith("bayes_groups_"):
+        from ..bayes.groups import median_split
+        from ..bayes.panel import build_panel_model, panel_data
+
+        spec = load_spec("bayes_groups")
+        splitter = str(result.extra.get("splitter", rid.removeprefix("bayes_groups_")))
+        pdata = panel_data(frame, spec.outcome, spec.expand_terms(controls))
+        model = build_panel_model(pdata, spec, slope_groups=median_split(frame, splitter), group_dim="group")
+        potentials = ()
+    elif rid == "bayes_iv":
+        from ..bayes.iv import build_iv_model, iv_data
+
+        spec = load_spec(rid)
+        iv_controls = [c for c in spec.expand_terms(controls) if c != "agglomeration"]
+        model = build_iv_model(iv_data(frame, iv_controls, r.instrument, outcome=spec.outcome), spec)
+        potentials = ("within_df",)  # the degrees-of-freedom correction is part of the likelihood
+    elif rid == "bayes_mediation":
+        from ..bayes.mediation import build_model, prepare_mediation_data
+
+        spec = load_spec(rid)
+        model = build_model(prepare_mediation_data(frame, controls, dict(r.mechanisms)), spec)
+        potentials = ("loglik",)  # the marginal likelihood of the indicators and the outcome
+    else:
+        raise ValueError(f"no rebuild rule for {rid}")
+    fitted = result.idata.attrs.get("spec_hash")
+    if fitted is not None and fitted != spec.spec_hash:
+        raise ValueError(f"the draws come from spec {fitted[:12]}, the rebuilt model from {spec.spec_hash[:12]}")
+    return model, potentials
+
+
+def prior_sensitivity(ctx: RunContext, section, result: BayesResult) -> None:
+    """Power-scaling sensitivity of a headline model's reported quantities: a table, a summary.json entry,
+    flags where the prior drives a posterior, and, for the mediation model, a sentence on the loadings."""
+    from ..checks.sensitivity import power_scaling, unavailable
+
+    def run() -> None:
+        var_names = sorted({str(i).split("[", 1)[0] for i in result.summary.index})
+        try:
+            model, potentials = rebuild_model(ctx, result)
+        except (ValueError, KeyError) as exc:
+            s = unavailable(f"the model could not be rebuilt for the check ({exc})")
+        else:
+            s = power_scaling(model, result.idata, var_names, likelihood_potentials=potentials,
+                              exclude_priors=NONCENTRED_INNOVATIONS)
+        ctx.summary["analyses"][result.id]["prior_sensitivity"] = s.block()
+        if not s.available:
+            ctx.report.text(section, f"{result.id}: prior sensitivity not available: {s.reason}.")
+            return
+        ctx.report.table(section, f"{result.id}_prior_sensitivity", s.table,
+                         f"{result.id}: power-scaling sensitivity (prior and likelihood; "
+                         f"{fl.PSENS_THRESHOLD} or more is sensitive)",
+                         note=f"Priors scaled: {', '.join(s.scaled_priors)}; likelihood terms: "
+                              f"{', '.join(s.likelihood_terms)}; hierarchical priors are not scaled.")
+        for record in fl.prior_sensitivity_flags(result.id, s.table):
+            ctx.flag(record, section)
+        if result.id == "bayes_mediation":
+            loads = s.table.loc[[i for i in s.table.index if str(i).startswith("loading[")]]
+            if not loads.empty:
+                driven = [str(i) for i, r in loads.iterrows() if r["diagnosis"] != "-"]
+                text = ("Each mechanism has two indicators, so its second loading is identified only through the "
+                        "paths (a_k and b_k). Power-scaling: ")
+                text += (f"{', '.join(driven)} depend on the prior ({'; '.join(loads.loc[driven, 'diagnosis'])}); "
+                         "read the indirect effects built on them with that in mind." if driven else
+                         "no loading is prior-driven (prior sensitivity below "
+                         f"{fl.PSENS_THRESHOLD} for all {len(loads)}), so the data identify them.")
+                ctx.report.text(section, text)
+
+    ctx.guarded(f"{result.id}_prior_sensitivity", run, section)
 
 
 def stage_bayes_panel(ctx: RunContext) -> None:
