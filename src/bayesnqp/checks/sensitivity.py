@@ -78,7 +78,7 @@ def hierarchical_priors(model: pm.Model) -> list[str]:
     try:
         from pytensor.graph.traversal import ancestors
     except ImportError:  # pytensor < 2.31
-        from pytensor.graph.basic import ancestors
+        from pytensor.graph.basic import ancestors  # type: ignore[no-redef]
 
     free = set(model.free_RVs)
     out = []
@@ -154,7 +154,7 @@ def power_scaling(model: pm.Model, idata: az.InferenceData, var_names: Sequence[
     ``exclude_priors``: further free variables whose prior is structural rather than a choice (the
     standard-Normal innovations of non-centred hierarchical effects, which are the hierarchical prior
     in another parameterisation)."""
-    posterior = idata.posterior
+    posterior = idata["posterior"]
     var_names = [v for v in var_names if v in posterior]
     if not var_names:
         return unavailable("none of the reported quantities is in the posterior")

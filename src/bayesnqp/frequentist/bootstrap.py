@@ -134,18 +134,21 @@ def weighted_fe(frame: pd.DataFrame, outcome: str, regressors: Sequence[str],
 
 
 def _align(weights: pd.Series | pd.DataFrame | np.ndarray | None, cities: tuple[str, ...]) -> np.ndarray:
+    """Weights in the order of ``cities``: a Series indexed by city, a DataFrame with a column per city
+    (one row per replication), or an array already in that order; None: unit weights."""
     if weights is None:
         return np.ones(len(cities))
-    if isinstance(weights, (pd.Series, pd.DataFrame)):
-        index = weights.index if isinstance(weights, pd.Series) else weights.columns
-        missing = [c for c in cities if c not in set(index.astype(str))]
+    if isinstance(weights, pd.Series):
+        by_city = pd.Series(weights.to_numpy(float), index=weights.index.astype(str))
+        missing = [c for c in cities if c not in by_city.index]
         if missing:
             raise ValueError(f"no weight for cities {missing[:5]}")
-        if isinstance(weights, pd.Series):
-            weights = pd.Series(weights.to_numpy(float), index=index.astype(str))
-            return weights.loc[list(cities)].to_numpy(float)
-        frame = weights.copy()
-        frame.columns = index.astype(str)
+        return by_city.loc[list(cities)].to_numpy(float)
+    if isinstance(weights, pd.DataFrame):
+        frame = weights.set_axis(weights.columns.astype(str), axis=1)
+        missing = [c for c in cities if c not in frame.columns]
+        if missing:
+            raise ValueError(f"no weight for cities {missing[:5]}")
         return frame[list(cities)].to_numpy(float)
     arr = np.asarray(weights, dtype=float)
     if arr.shape[-1] != len(cities):

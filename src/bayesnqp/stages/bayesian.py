@@ -169,12 +169,13 @@ def rebuild_model(ctx: RunContext, result: BayesResult) -> tuple[Any, tuple[str,
     rid, study = result.id, ctx.study
     r, frame = study.roles, study.frame
     controls = list(r.controls)
+    potentials: tuple[str, ...] = ()
     if rid.startswith("bayes_table3_col"):
         from ..bayes.panel import build_panel_model, panel_data
 
         spec = load_spec(rid)
         pdata = panel_data(frame, spec.outcome, spec.expand_terms(controls))
-        model, potentials = build_panel_model(pdata, spec), ()
+        model = build_panel_model(pdata, spec)
     elif rid.startswith("bayes_groups_"):
         from ..bayes.groups import median_split
         from ..bayes.panel import build_panel_model, panel_data
@@ -183,10 +184,11 @@ def rebuild_model(ctx: RunContext, result: BayesResult) -> tuple[Any, tuple[str,
         splitter = str(result.extra.get("splitter", rid.removeprefix("bayes_groups_")))
         pdata = panel_data(frame, spec.outcome, spec.expand_terms(controls))
         model = build_panel_model(pdata, spec, slope_groups=median_split(frame, splitter), group_dim="group")
-        potentials = ()
     elif rid == "bayes_iv":
         from ..bayes.iv import build_iv_model, iv_data
 
+        if not r.instrument:
+            raise ValueError("no instrument column")
         spec = load_spec(rid)
         iv_controls = [c for c in spec.expand_terms(controls) if c != "agglomeration"]
         model = build_iv_model(iv_data(frame, iv_controls, r.instrument, outcome=spec.outcome), spec)
