@@ -8,6 +8,7 @@ import pyfixest as pf
 import pytest
 
 from bayesnqp import names
+from bayesnqp.checks.agreement import agreement, bootstrap_sd
 from bayesnqp.frequentist import bootstrap as bb
 from bayesnqp.frequentist.panel import fit_panel
 
@@ -127,6 +128,57 @@ def test_summary_block_and_lookup():
     block = bb.summarise(draws, seed=1)
     assert block["sd"]["agglomeration"] == pytest.approx(1.0)
     assert block["replications"] == 3
-    assert bb.bootstrap_sd({"bootstrap": block}, "agglomeration") == pytest.approx(1.0)
-    assert np.isnan(bb.bootstrap_sd({}, "agglomeration"))
-    assert np.isnan(bb.bootstrap_sd({"bootstrap": block}, "develop"))
+    assert bootstrap_sd({"bootstrap": block}, "agglomeration") == pytest.approx(1.0)
+    assert np.isnan(bootstrap_sd({}, "agglomeration"))
+    assert np.isnan(bootstrap_sd({"bootstrap": block}, "develop"))
+
+
+def test_agreement_rows_carry_sd_ratio_and_the_bootstrap_sd_of_the_oracle():
+    import dataclasses
+
+    frame = _panel(seed=2)
+    oracle = fit_panel(frame, names.NQP, XS, city_fe=True, year_fe=True, se="cluster", id="table3_col4",
+                       title="t", key_term=names.AGGLOMERATION, notes=(), extra=None)
+    w = bb.dirichlet_weights(sorted(frame.index.get_level_values(0).unique()), n_rep=200, seed=1)
+    block = bb.companion(oracle, frame, w, seed=1)
+    assert block is not None and set(block["sd"]) == set(XS)
+    oracle = dataclasses.replace(oracle, extra={**oracle.extra, "bootstrap": block})
+    se = oracle.coefs.loc[names.AGGLOMERATION, "std_error"]
+    post = pd.DataFrame({"mean": [oracle.coefs.loc[names.AGGLOMERATION, "estimate"]], "sd": [0.5 * se]},
+                        index=["beta[agglomeration]"])
+    row = agreement(post, oracle, {names.AGGLOMERATION: "beta[agglomeration]"}).loc[names.AGGLOMERATION]
+    assert row["sd_ratio"] == pytest.approx(0.5)
+    assert row["bootstrap_sd"] == pytest.approx(block["sd"][names.AGGLOMERATION])
+    assert row["z"] == pytest.approx(0.0)
+
+
+def test_median_split_bootstrap_difference_is_high_minus_low_per_replication():
+    from bayesnqp.frequentist.panel import heterogeneity
+
+    frame = _panel(seed=4)
+    frame["split"] = np.repeat(np.random.default_rng(0).uniform(size=60), 8)[: len(frame)]
+    (het,) = heterogeneity(frame, names.NQP, names.AGGLOMERATION, ["develop"], ["split"])
+    cities = sorted(frame.index.get_level_values(0).unique())
+    unit = pd.DataFrame(np.ones((1, len(cities))), columns=cities)
+    block = bb.companion(het, frame, unit, seed=0)
+    # with unit weights every "replication" is the oracle itself
+    for term in ("agglomeration[low]", "agglomeration[high]", "difference"):
+        assert block["mean"][term] == pytest.approx(het.coefs.loc[term, "estimate"], rel=1e-9)
+    w = bb.dirichlet_weights(cities, n_rep=300, seed=2)
+    block = bb.companion(het, frame, w, seed=2)
+    se = het.coefs["std_error"]
+    for term in ("agglomeration[low]", "agglomeration[high]", "difference"):
+        assert 0.7 < block["sd"][term] / se[term] < 1.3
+
+
+def test_iv_bootstrap_builds_the_oracles_instruments():
+    from bayesnqp.frequentist.iv import iv_2sls
+
+    frame = _panel(seed=6)
+    cities = sorted(frame.index.get_level_values(0).unique())
+    unit = pd.DataFrame(np.ones((1, len(cities))), columns=cities)
+    for oracle in iv_2sls(frame, names.NQP, names.AGGLOMERATION, ["develop"], "dist"):
+        block = bb.companion(oracle, frame, unit, seed=0, instrument="dist")
+        for term in XS:
+            assert block["mean"][term] == pytest.approx(oracle.coefs.loc[term, "estimate"], rel=1e-8), oracle.id
+    assert bb.companion(oracle, frame, unit, seed=0) is None  # no distance column named: not covered

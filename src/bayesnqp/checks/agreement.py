@@ -4,13 +4,24 @@ city-level Bayesian bootstrap of the oracle where one was run (NaN otherwise).""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 
-from ..frequentist.bootstrap import bootstrap_sd
 from ..results import AnalysisResult
 
 # A model that rebuilds its oracle under weak priors must land within this many oracle SEs.
 MATCH_TOLERANCE_Z = 0.1
+
+
+def bootstrap_sd(extra: dict[str, Any], term: str) -> float:
+    """The bootstrap sd of ``term`` recorded by ``frequentist.bootstrap.summarise`` in an oracle's
+    ``extra["bootstrap"]`` (NaN where there is none)."""
+    block = extra.get("bootstrap") if isinstance(extra, dict) else None
+    if not isinstance(block, dict):
+        return float("nan")
+    value = block.get("sd", {}).get(term)
+    return float(value) if value is not None else float("nan")
 
 
 def agreement(posterior: pd.DataFrame, oracle: AnalysisResult, terms: dict[str, str]) -> pd.DataFrame:

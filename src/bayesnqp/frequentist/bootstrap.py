@@ -178,15 +178,6 @@ def summarise(draws: pd.DataFrame, *, seed: int, extra: dict[str, Any] | None = 
             **(extra or {})}
 
 
-def bootstrap_sd(extra: dict[str, Any], term: str) -> float:
-    """The bootstrap sd of ``term`` recorded in an oracle's ``extra`` (NaN where there is none)."""
-    block = extra.get("bootstrap") if isinstance(extra, dict) else None
-    if not isinstance(block, dict):
-        return float("nan")
-    value = block.get("sd", {}).get(term)
-    return float(value) if value is not None else float("nan")
-
-
 def _regressors(result: Any) -> list[str]:
     return [t for t in result.coefs.index if t != "constant"]
 
