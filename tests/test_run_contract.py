@@ -9,13 +9,14 @@ import pytest
 from typer.testing import CliRunner
 
 import bayesnqp.study as study
+from bayesnqp.checks.flags import Flag
 from bayesnqp.cli import EXIT_STRICT, app
 
 runner = CliRunner()
 
 
 def _flagging_stage(ctx):
-    ctx.flagged.append("bayes_demo_fit: r_hat 1.200 > 1.01")
+    ctx.flag(Flag("bayes_demo_fit", "convergence", "Sampler diagnostics failed: r_hat 1.200 > 1.01."))
 
 
 def _failing_stage(ctx):
@@ -40,8 +41,9 @@ def test_strict_turns_a_flag_into_exit_3_and_writes_nothing(tmp_path, raw_csv, o
     res = runner.invoke(app, ["run", "--data", str(raw_csv()), "--out", str(out)])
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["flagged"] == ["bayes_demo_fit: r_hat 1.200 > 1.01"]
-    assert "Convergence flags" in (out / "index.html").read_text()
+    assert summary["flagged"] == [{"id": "bayes_demo_fit", "kind": "convergence",
+                                   "message": "Sampler diagnostics failed: r_hat 1.200 > 1.01."}]
+    assert "Flags: every check that failed" in (out / "index.html").read_text()
 
 
 def test_a_failing_analysis_is_recorded_and_fails_only_under_strict(tmp_path, raw_csv, only_data_stage):
@@ -51,6 +53,8 @@ def test_a_failing_analysis_is_recorded_and_fails_only_under_strict(tmp_path, ra
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["failed"] == {"broken_analysis": "ZeroDivisionError: division by zero"}
+    assert summary["flagged"] == [{"id": "broken_analysis", "kind": "failed",
+                                   "message": "The analysis failed: ZeroDivisionError: division by zero"}]
     res = runner.invoke(app, ["run", "--data", str(raw_csv()), "--out", str(tmp_path / "strict"), "--strict"])
     assert res.exit_code == EXIT_STRICT and not (tmp_path / "strict").exists()
 

@@ -28,6 +28,7 @@ from .config import load_config
 from .data.intake import StudyData, load_study
 from .errors import ConvergenceError, InputError, Problem
 from .report.html import ReportBuilder
+from .checks.flags import records as flag_records
 from .results import json_safe
 from .staging import InterruptGuard, clean_stale, private_tempdir, replace_folder, staging_path
 from .stages.context import RunContext
@@ -138,18 +139,19 @@ def run_study(data: str | Path | None, config_path: str | Path | None, options: 
                 continue
             checked_progress(label)
             stage(ctx)
-        summary["flagged"] = ctx.flagged
+        summary["flagged"] = flag_records(ctx.flagged)
         if ctx.flagged:
-            sec = report.section("diagnostics", "Convergence flags")
+            sec = report.section("diagnostics", "Flags: every check that failed")
             for item in ctx.flagged:
-                report.flag(sec, item)
+                report.flag(sec, str(item))
         (staging / "summary.json").write_text(json.dumps(json_safe(summary), indent=2, ensure_ascii=False),
                                               encoding="utf-8")
         report.render()
         (staging / "run.json").write_text(json.dumps(run_info(started), indent=2), encoding="utf-8")
         guard.check()
         if options.strict and (ctx.flagged or ctx.failed):
-            raise ConvergenceError("--strict: " + "; ".join([*ctx.flagged, *ctx.failed]))
+            # every flag kind fails a strict run, not only convergence (failures are flags of kind "failed")
+            raise ConvergenceError("--strict: " + "; ".join(str(f) for f in ctx.flagged))
         with guard.critical():
             replace_folder(staging, out)
     except BaseException:

@@ -13,8 +13,10 @@ import arviz as az
 import numpy as np
 import pandas as pd
 
+from .flags import PARETO_K_MAX
+
 # Pareto-k bands (Vehtari et al. 2017/2024): <= 0.7 reliable; 0.7-1 unreliable; > 1 bad.
-K_GOOD = 0.7
+K_GOOD = PARETO_K_MAX
 K_BAD = 1.0
 
 

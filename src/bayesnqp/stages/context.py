@@ -9,8 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from ..bayes.result import BayesResult
 from ..bayes.sampling import SamplerSettings
+from ..checks.flags import Flag, convergence_flags, failed_flag
 from ..data.intake import StudyData
 from ..report.html import ReportBuilder
 from ..results import AnalysisResult, json_safe
@@ -25,9 +28,11 @@ class RunContext:
     summary: dict[str, Any]
     oracles: dict[str, AnalysisResult] = field(default_factory=dict)
     bayes: dict[str, BayesResult] = field(default_factory=dict)
-    flagged: list[str] = field(default_factory=list)
+    flagged: list[Flag] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     progress: Callable[[str], None] = lambda message: None
+    # one Dirichlet draw over cities shared by every oracle's Bayesian bootstrap (set on first use)
+    bootstrap_weights: pd.DataFrame | None = None
 
     def add_oracle(self, result: AnalysisResult) -> AnalysisResult:
         self.oracles[result.id] = result
@@ -39,9 +44,18 @@ class RunContext:
         self.bayes[result.id] = result
         result.save(self.out / "fits")
         self.summary["analyses"][result.id] = result.summary_block()
-        if not result.diagnostics.ok:
-            self.flagged.append(f"{result.id}: {'; '.join(result.diagnostics.flags)}")
+        for record in convergence_flags(result.id, result.diagnostics.flags):
+            self.flag(record)
         return result
+
+    def flag(self, record: Flag, section=None) -> Flag:
+        """Record a flagged check for summary.json ``flagged`` (and --strict); with ``section``, also put
+        the message in a flag box of that report section."""
+        if record not in self.flagged:
+            self.flagged.append(record)
+        if section is not None:
+            self.report.flag(section, f"{record.id}: {record.message}")
+        return record
 
     def add_block(self, analysis_id: str, block: dict[str, Any]) -> None:
         self.summary["analyses"][analysis_id] = json_safe(block)
@@ -61,6 +75,7 @@ class RunContext:
             message = f"{type(exc).__name__}: {exc}"
             self.summary["failed"][analysis_id] = message
             self.failed.append(f"{analysis_id} failed ({message})")
+            self.flag(failed_flag(analysis_id, message))
             sec = section or self.report.section("failures", "Analyses that failed")
             self.report.flag(sec, f"{analysis_id} failed: {message}")
             if os.environ.get("BAYESNQP_DEBUG"):

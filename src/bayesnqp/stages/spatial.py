@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pandas as pd
+
+from ..checks.flags import Flag, pareto_k_flags, ppc_flags
 from ..frequentist import spatial as fsp
 from ..report.tables import paper_table
 from .context import RunContext
@@ -92,6 +95,15 @@ def two_way_fitted(frame, weights, terms: list[str]):
     return fitted
 
 
+def moran_ppc_flags(table: pd.DataFrame) -> list[Flag]:
+    """PPC flags from the residual Moran's I table (one record per model, listing the extreme years)."""
+    out: list[Flag] = []
+    for rid, rows in table.reset_index().groupby("id", sort=False):
+        p_values = {f"residual Moran's I {int(r['year'])}": r["ppp"] for _, r in rows.iterrows()}
+        out += ppc_flags(str(rid), p_values, what=f"{rows['model'].iloc[0]} model")
+    return out
+
+
 def stage_spatial_bayes(ctx: RunContext) -> None:
     from ..bayes.spatial import fit_car, fit_sdm
     from ..checks.spatial import ppc_moran, spatial_compare
@@ -160,6 +172,8 @@ def stage_spatial_bayes(ctx: RunContext) -> None:
             report.table(sec, "ppc_moran", ppc["table"], "Residual Moran's I per year as a posterior predictive check")
             report.figure(sec, "ppc_moran", ppc["figure"], "Residual Moran's I: posterior vs replicated")
             ctx.add_block("ppc_moran", ppc.get("summary", {}))
+            for record in moran_ppc_flags(ppc["table"]):
+                ctx.flag(record, sec)
         cmp_ = ctx.guarded("bayes_spatial_compare", lambda: spatial_compare(fits, w, frame, seed=s.seed), sec)
         if cmp_:
             if cmp_["table"] is not None:
@@ -167,3 +181,7 @@ def stage_spatial_bayes(ctx: RunContext) -> None:
                              note=cmp_.get("method", ""))
             ctx.add_block("bayes_spatial_compare", {"loo": cmp_["loo"], "method": cmp_.get("method", ""),
                                                     "table": cmp_["table"]})
+            for label, entry in cmp_["loo"].items():
+                for record in pareto_k_flags(entry["id"], entry["share_k_above_0.7"],
+                                             what=f"{label} model in the spatial LOO comparison"):
+                    ctx.flag(record, sec)
