@@ -77,6 +77,7 @@ def test_outputs(tmp_path):
     assert r"0.0100\*\*\*" in md and "| (4) |" in md
     tex = t.to_latex()
     assert r"0.0100$^{***}$" in tex and r"Baseline \& more\_" in tex and r"\begin{tabular}{lc}" in tex
+    assert r"\caption{" in tex and r"\label{tab:" in tex and r"\begin{tablenotes}" in tex and "$<$ 0.01" in tex
     h = t.to_html()
     assert h.startswith('<table class="paper">') and "<td>0.0100***</td>" in h and "&amp;" in h
     assert "<td>(0.0010)</td>" in h
