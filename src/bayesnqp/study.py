@@ -21,6 +21,7 @@ from .config import load_config
 from .data.intake import StudyData, load_study
 from .errors import ConvergenceError, InputError, Problem
 from .report.html import ReportBuilder
+from .report.overview import finish_report
 from .results import json_safe
 from .stages.context import RunContext
 from .stages.data import stage_data
@@ -119,11 +120,8 @@ def run_study(data: str | Path | None, config_path: str | Path | None, options: 
                 continue
             progress(label)
             stage(ctx)
-        summary["flagged"] = ctx.flagged
-        if ctx.flagged:
-            sec = report.section("diagnostics", "Convergence flags")
-            for item in ctx.flagged:
-                report.flag(sec, item)
+        summary["flagged"] = list(ctx.flagged)
+        finish_report(ctx, bayes_ran=options.bayes)  # overview box, flags, Bayesian paper tables, labels
         (staging / "summary.json").write_text(json.dumps(json_safe(summary), indent=2, ensure_ascii=False),
                                               encoding="utf-8")
         report.render()

@@ -21,7 +21,7 @@ import pandas as pd
 PREAMBLE = r"""% Packages the tables need (add them to your paper's preamble):
 %   booktabs        \toprule, \midrule, \bottomrule
 %   threeparttable  the note under each table (tablenotes), as wide as the table
-%   graphicx        \resizebox for tables wider than the text
+%   graphicx        \resizebox for tables wider than the text (their note is a paragraph below)
 %   longtable       tables longer than a page
 %   pdflscape       optional: wrap a wide table in \begin{landscape} ... \end{landscape}
 % Chinese names are written in pinyin, so pdflatex suffices (no xeCJK needed).
@@ -139,8 +139,16 @@ class LatexTable:
             return "\n".join(lines) + "\n"
         tabular = [rf"\begin{{tabular}}{{{align}}}", r"\toprule", " & ".join(head) + r" \\", r"\midrule",
                    *body, r"\bottomrule", r"\end{tabular}"]
-        if wide:  # scaled to the text width rather than running off the page
-            tabular = [r"\resizebox{\linewidth}{!}{%", *tabular, "}"]
+        if wide:
+            # scaled to the text width rather than running off the page; threeparttable cannot sit around a
+            # \resizebox (it redefines tabular), so the note is a text-wide paragraph below
+            lines = [r"\begin{table}[htbp]", r"\centering", rf"\caption{{{caption}}}", rf"\label{{{self.label}}}",
+                     # shrink to the text width, never enlarge a table that fits
+                     r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%", *tabular, "}"]
+            if note:
+                lines += [r"\par\smallskip", r"\begin{minipage}{\linewidth}\footnotesize Note: " + note
+                          + r"\end{minipage}"]
+            return "\n".join([*lines, r"\end{table}"]) + "\n"
         lines = [r"\begin{table}[htbp]", r"\centering", r"\footnotesize", r"\begin{threeparttable}",
                  rf"\caption{{{caption}}}", rf"\label{{{self.label}}}", *tabular]
         if note:
