@@ -97,6 +97,12 @@ def tidy_text(text: str) -> str:
     return re.sub(r"[ \t]+", " ", text).strip()
 
 
+def _without_paper(text: str) -> str:
+    """The text without its sentences about the published paper (for data that are not its design)."""
+    sentences = re.split(r"(?<=[.;])\s+(?=[A-Z(])", text)
+    return " ".join(x for x in sentences if not re.search(r"\bpaper(?:'s)?\b", x, re.I)).strip()
+
+
 class ReportBuilder:
     """Collects sections; ``render()`` writes index.html and tables/tables.tex."""
 
@@ -171,6 +177,9 @@ class ReportBuilder:
             self._add(section, Block("text", text))
             return
         paras = [self.labels.text(tidy_text(p)) for p in text.split("\n\n") if p.strip()]
+        if not self.labels.paper:  # comparisons with the published study only for its own design
+            paras = [_without_paper(p) for p in paras]
+            paras = [p for p in paras if p]
         seen = {b.html for b in section.blocks if b.kind == "text"}
         body = "".join(f"<p>{html.escape(p)}</p>" for p in paras)
         if body and body not in seen:  # the same note twice in a section is shown once
@@ -184,6 +193,10 @@ class ReportBuilder:
         if isinstance(message, dict):
             message = message.get("message", "")
         msg = self.labels.text(tidy_text(str(message)))
+        if not self.labels.paper:
+            msg = _without_paper(msg)
+            if not msg:
+                return
         self._add(section, Block("flag", f'<p class="flag">&#9888; {html.escape(msg)}</p>'))
 
     def table(self, section: Section, name: str, table: pd.DataFrame | TableLike, caption: str,
@@ -207,7 +220,7 @@ class ReportBuilder:
             body = _html_table(cells, show_index, index_label)
         else:
             frame = table.frame.copy()
-            frame.index = [self.labels.term(str(i)) if str(i) else "" for i in frame.index]
+            frame.index = [self.labels.text(self.labels.term(str(i))) if str(i) else "" for i in frame.index]
             table_note = self.labels.text(table.note)
             table.to_csv(base.with_suffix(".csv"))
             markdown = table.to_markdown()
@@ -250,12 +263,13 @@ class ReportBuilder:
         index_label = str(frame.index.name or "") if show_index else ""
         cells = format_frame(frame)
         cells.columns = [self.labels.term(COLUMN_NAMES.get(str(c), str(c))) for c in frame.columns]
+        # string cells (formulas, term names) in the user's words too
+        for j in range(cells.shape[1]):
+            if frame.iloc[:, j].dtype == object:
+                cells.iloc[:, j] = [self.labels.text(self.labels.term(v)) if isinstance(v, str) else v
+                                    for v in cells.iloc[:, j]]
         if show_index:
-            cells.index = [self.labels.term(str(i)) for i in frame.index]
-        else:
-            for j, c in enumerate(frame.columns):  # labels of terms in former index columns
-                if frame[c].dtype == object:
-                    cells.iloc[:, j] = [self.labels.term(v) if isinstance(v, str) else v for v in cells.iloc[:, j]]
+            cells.index = [self.labels.text(self.labels.term(str(i))) for i in frame.index]
         return cells, show_index, self.labels.term(index_label)
 
     # -- per-unit tables -----------------------------------------------------------------------------

@@ -57,7 +57,10 @@ def stage_spatial_frequentist(ctx: RunContext) -> None:
                          "SDM direct, indirect and total effects (LeSage-Pace; SEs by simulation from the "
                          "estimates' asymptotic distribution)")
         for note in dict.fromkeys(n for x in res for n in x.notes):
-            report.text(sec, note)
+            if note.startswith("FLAG:"):  # a warning, shown as one (and listed in the overview's flag box)
+                report.flag(sec, note.removeprefix("FLAG:").strip())
+            else:
+                report.text(sec, note)
         if paper:
             report.text(sec, "Paper, Table 5: agglomeration 0.0099*** (0.0009), W x agglomeration -0.0594* (0.0327), "
                          f"rho {PAPER_RHO}*** (0.2662); no direct/indirect effects reported.")
