@@ -56,6 +56,8 @@ COLUMN_NAMES = {"r_hat": "r\u0302", "ess_bulk": "ESS bulk", "ess_tail": "ESS tai
                 "ci_low": "lower", "ci_high": "upper", "ci_width": "interval width", "estimate": "estimate",
                 "meant_to_match": "meant to match", "bootstrap_sd": "bootstrap sd", "moran_I": "Moran's I",
                 "p_permutation": "p (permutation)"}
+# Tables with more columns than this and few rows are shown transposed.
+WIDE_COLUMNS = 10
 # Tables longer than this fold away behind "show all rows".
 FOLD_ROWS = 25
 # A table with at least this many rows keyed by the panel's units is a per-unit table (CSV + plot).
@@ -262,7 +264,13 @@ class ReportBuilder:
             show_index = False
         index_label = str(frame.index.name or "") if show_index else ""
         cells = format_frame(frame)
-        cells.columns = [self.labels.term(COLUMN_NAMES.get(str(c), str(c))) for c in frame.columns]
+        # header words wrap only at spaces: direct_std_error -> direct std error
+        cells.columns = [self.labels.term(COLUMN_NAMES.get(str(c), str(c))).replace("_", " ") for c in frame.columns]
+        if show_index and len(cells.columns) > WIDE_COLUMNS and len(cells) <= WIDE_COLUMNS // 2 + 2:
+            # many statistics of a few terms: one row per statistic reads (and fits) better
+            cells.index = [self.labels.text(self.labels.term(str(i))) for i in frame.index]
+            cells = cells.T
+            return cells, True, ""
         # string cells (formulas, term names) in the user's words too
         for j in range(cells.shape[1]):
             if frame.iloc[:, j].dtype == object:

@@ -96,8 +96,13 @@ def escape(text: object) -> str:
 
 
 def strip_table_number(caption: str) -> str:
-    """'Table 3 - baseline' -> 'baseline': LaTeX numbers the tables itself (no 'Table 1: Table 3')."""
-    return re.sub(r"^\s*Table\s+\d+[A-Za-z]?\s*[-:–—]\s*", "", caption).strip()
+    """'Table 3 - baseline' -> "Baseline (the paper's Table 3)": LaTeX numbers the tables itself, so a caption
+    never starts with another number ('Table 1: Table 3')."""
+    m = re.match(r"^\s*Table\s+(\d+[A-Za-z]?)( rebuilt)?\s*[-:–—]\s*(.*)$", caption, re.S)
+    if not m:
+        return caption.strip()
+    rest = m.group(3).strip()
+    return f"{rest[:1].upper() + rest[1:]} (the paper's Table {m.group(1)})"
 
 
 @dataclass(frozen=True)

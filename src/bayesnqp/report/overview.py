@@ -271,7 +271,10 @@ def forest_rows(ctx: Any, labels: Labels) -> list[dict[str, Any]]:
         f = _freq(o, t)
         if f is None or not np.isfinite(f["est"]):
             continue
-        rows.append({"label": labels.text(_short(o.title or oid)), "est": f["est"], "lo": f["lo"], "hi": f["hi"]})
+        title = o.title or oid
+        if not labels.paper:
+            title = re.sub(r"^Table \d+ ", "Baseline ", title)
+        rows.append({"label": labels.text(_short(title)), "est": f["est"], "lo": f["lo"], "hi": f["hi"]})
     return rows
 
 
