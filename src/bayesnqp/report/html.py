@@ -153,8 +153,8 @@ class ReportBuilder:
         name the model move into the block too."""
         section.current_group = gid
         title = gid
-        for b in reversed(section.blocks):
-            if b.group is not None or b.kind not in ("text", "flag") or gid not in b.html:
+        for b in reversed(section.blocks):  # (they may have been taken into the previous model's block)
+            if b.kind not in ("text", "flag") or gid not in b.html:
                 break
             b.group = gid
             m = re.search(r"<p>(.*?) \(" + re.escape(gid) + r"\)\.", b.html)
