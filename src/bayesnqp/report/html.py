@@ -319,9 +319,10 @@ class ReportBuilder:
                 sentence = (f"{caption}: the same value, {finite[0]:.4g}, in every {lab.unit}; in this model it does "
                             f"not vary by {lab.unit} (it equals the coefficient itself), so no per-{lab.unit} "
                             "display is shown.")
-        if sentence:
+        if sentence or value_col is None:
             self._add(section, Block("text", f'<p class="degenerate">{html.escape(sentence)} Values: {link}.</p>'))
             return
+        assert value_col is not None
         fig = caterpillar(table, value_col, caption=caption, unit_plural=lab.units, names=self.unit_names)
         self.figure(section, f"{stem}_caterpillar", fig,
                     f"{caption} (one {lab.unit} per point, sorted; the table is in {stem}.csv)",
@@ -492,7 +493,8 @@ details.rows>summary,details.tall>summary{cursor:pointer;color:#1f4f8a;font-size
 .rollup{font-size:.92em;margin:.4em 0}
 .flagbox{background:#fff4e0;border:1px solid #e8b36a;border-left:6px solid #e89b00;padding:.4em .8em;margin:.6em 0;font-size:.88em}
 .flagbox.none{background:#eef7f0;border-color:#9ccaa6;border-left-color:#2e8b45}
-.flagbox ul{margin:.2em 0;padding-left:1.2em} .flagbox .kind{font-weight:600;text-transform:uppercase;font-size:.78em;color:#8a4b00}
+.flagbox ul{margin:.2em 0;padding-left:1.2em} .flagbox .kind{font-weight:600;font-size:.9em;color:#8a4b00;margin-top:.3em}
+.flagbox ul{max-height:16em;overflow-y:auto}
 table.headline td,table.headline th{font-size:.95em} table.headline th:first-child{text-align:left}
 """
 

@@ -184,16 +184,18 @@ def overview_html(ctx: Any, *, bayes_ran: bool, forest_img: str) -> str:
         by_kind: dict[str, list[dict[str, str]]] = {}
         for fl in flags:
             by_kind.setdefault(fl["kind"], []).append(fl)
-        items = []
+        groups = []
         for kind in FLAG_KINDS:
+            items = []
             for fl in by_kind.get(kind, []):
                 target = report.anchor_for(fl["id"]) if fl["id"] else "overview"
-                src = f' <a href="#{target}">{esc(fl["id"] or "where")}</a>' if fl["id"] else ""
-                items.append(f'<li><span class="kind">{esc(_KIND_TITLES[kind])}</span> '
-                             f"{esc(labels.text(fl['message']))}{src}</li>")
-        counts = ", ".join(f"{len(by_kind[k])} {_KIND_TITLES[k]}" for k in FLAG_KINDS if k in by_kind)
-        box = (f'<div class="flagbox" id="flags"><strong>&#9888; {len(flags)} flag(s) to review</strong> '
-               f"({esc(counts)}):<ul>{''.join(items)}</ul></div>")
+                src = f' <a href="#{target}">{esc(fl["id"])}</a>' if fl["id"] else ""
+                items.append(f"<li>{esc(labels.text(fl['message']))}{src}</li>")
+            if items:
+                groups.append(f'<div class="kind">{esc(_KIND_TITLES[kind][:1].upper() + _KIND_TITLES[kind][1:])} '
+                              f"flags ({len(items)})</div><ul>{''.join(items)}</ul>")
+        box = (f'<div class="flagbox" id="flags"><strong>&#9888; {len(flags)} flag(s) to review</strong>'
+               f"{''.join(groups)}</div>")
     else:
         box = ('<div class="flagbox none" id="flags"><strong>No flags:</strong> no convergence, predictive-check, '
                "Pareto-k, sd-ratio, prior-sensitivity or admissibility warning in this run.</div>")
@@ -328,7 +330,12 @@ def tidy_skips(ctx: Any) -> None:
             keep.append(b)
         # the same line twice in a section (the data check and the stage) is shown once
         seen: set[str] = set()
-        section.blocks = [b for b in keep if b.kind != "skip" or not (b.html in seen or seen.add(b.html))]
+        section.blocks = []
+        for b in keep:
+            if b.kind == "skip" and b.html in seen:
+                continue
+            seen.add(b.html)
+            section.blocks.append(b)
         if section.blocks and all(b.kind == "skip" for b in section.blocks) and not paper:
             section.hidden = not any(_asked(by_reason.get(b.reason, ""), cfg, paper) for b in section.blocks)
 
