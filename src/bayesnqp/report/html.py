@@ -134,6 +134,10 @@ class ReportBuilder:
         for s in self.sections:
             if s.id == sid:
                 return s
+        if not self.labels.paper:  # "Table 3 rebuilt: X" names the paper's table: just "X"
+            title = re.sub(r"^Table \d+ rebuilt: ", "", title)
+            title = re.sub(r"\s*\(the paper's Table \d+\)", "", title)
+            title = title[:1].upper() + title[1:]
         s = Section(sid, self.labels.text(title))
         self.sections.append(s)
         return s
