@@ -338,6 +338,7 @@ class ReportBuilder:
         """figures/<name>.png (banner below the axes on synthetic data); returns the <img> element."""
         stem = _slug(name)
         path = self.out / "figures" / f"{stem}.png"
+        _tidy_figure(fig, self.labels)
         _stamp(fig, SYNTHETIC_BANNER if self.synthetic else "")
         width, height = fig.get_size_inches()
         fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -395,6 +396,34 @@ class ReportBuilder:
         write_master(self.out / "tables", self.tex_stems, title=self.title,
                      banner=SYNTHETIC_BANNER if self.synthetic else "")
         return path
+
+
+def _tidy_figure(fig: Any, labels: Labels) -> None:
+    """Display fixes every figure gets, whoever drew it: the user's words in every text; legends that
+    would cover data moved beside the axes; histogram panels of a predictive check labelled."""
+    from matplotlib.text import Text
+
+    for t in fig.findobj(Text):
+        old = t.get_text()
+        new = labels.text(old)
+        if not labels.paper:
+            new = re.sub(r"(?<![A-Za-z])nqp(?![A-Za-z])", labels.outcome, new)
+            new = re.sub(r"(?<![A-Za-z])agglomeration(?![A-Za-z])", labels.treatment, new)
+        if new != old:
+            t.set_text(new)
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        if legend is not None and legend.get_bbox_to_anchor() is not None and ax.get_xticks().size:
+            handles, texts = legend.legend_handles, [x.get_text() for x in legend.get_texts()]
+            if len(texts) >= 4 and not legend._bbox_to_anchor:  # inside the axes, many entries: beside it
+                ax.legend(handles, texts, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small",
+                          frameon=False)
+        # a check's histogram panel ("skewness: p = 0.000") without axis labels
+        m = re.match(r"^\s*([\w' ]+?)\s*:\s*p\s*=", ax.get_title())
+        if m and not ax.get_xlabel() and any(True for _ in ax.patches):
+            ax.set_xlabel(f"{m.group(1)} (bars: replicated data; line: observed)", fontsize="small")
+            if not ax.get_ylabel():
+                ax.set_ylabel("replicated datasets", fontsize="small")
 
 
 def _stamp(fig: Any, banner: str) -> None:
