@@ -134,8 +134,8 @@ def stage_frequentist(ctx: RunContext) -> None:
         res = _oracle_table(ctx, sec, "heterogeneity",
                             lambda: fq.heterogeneity(f, outcome, treatment, controls, list(r.splitters), se=se),
                             title="Median splits", labels=list(r.splitters),
-                            caption=f"{treatment} slope in the low and high groups and their difference "
-                                    "(fully interacted model)")
+                            caption=f"Median splits: the {treatment} slope in the low and high groups and their "
+                                    "difference (fully interacted model)")
         if res and res[0].notes:
             report.text(sec, " ".join(res[0].notes))
     else:
