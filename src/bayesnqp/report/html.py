@@ -92,7 +92,7 @@ def tidy_text(text: str) -> str:
     text = re.sub(r":(?:func|class|mod|meth|data):`~?([^`]+)`", r"\1", text)
     text = re.sub(r"`([^`]+)`", r"\1", text)
     # model-spec options are settings of models/*.toml, not of the study config
-    text = re.sub(r"\(?(?:see )?options\.(\w+)\)?", r"the model specification's '\1' setting", text)
+    text = re.sub(r"\boptions\.(\w+)", r"the model specification's '\1' setting", text)
     text = re.sub(r",? min BFMI nan", ", BFMI not available", text)
     text = re.sub(r"\bnan\b", "n/a", text)
     text = text.replace("r_hat", "r\u0302")
