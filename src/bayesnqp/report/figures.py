@@ -43,7 +43,7 @@ def agreement_figure(tables: dict[str, pd.DataFrame], meant_to_match: dict[str, 
 
 
 def caterpillar(table: pd.DataFrame, column: str, *, caption: str, unit_plural: str = "cities",
-                names: dict[str, str] | None = None, label_extremes: int = 3) -> Figure:
+                names: dict[str, str] | None = None, label_extremes: int = 2) -> Figure:
     """One point per unit, sorted, with its interval (``ci_low``/``ci_high`` when present); intervals that
     exclude 0 in colour. The most extreme units are named. Small: it stands for a 280-row table."""
     names = names or {}
@@ -62,10 +62,19 @@ def caterpillar(table: pd.DataFrame, column: str, *, caption: str, unit_plural: 
         ax.vlines(x[away], lo[away], hi[away], color="#d9825b", lw=0.8, label="interval excludes 0")
     ax.scatter(x, y, s=5, color="#1f4f8a", zorder=3)
     ax.axhline(0, color="black", lw=0.6)
-    for i in list(range(min(label_extremes, len(y)))) + list(range(max(0, len(y) - label_extremes), len(y))):
+    # the extremes named, stacked so that neighbours never print on top of each other
+    low = list(range(min(label_extremes, len(y))))
+    high = list(range(len(y) - 1, max(-1, len(y) - 1 - label_extremes), -1))
+    for rank, i in enumerate(low):
         key = keys[order[i]]
-        ax.annotate(names.get(key, key), (x[i], y[i]), xytext=(3, 0), textcoords="offset points", fontsize=6,
-                    color="#333333", va="center", ha="left" if i < len(y) / 2 else "right")
+        ax.annotate(names.get(key, key), (x[i], y[i]), xytext=(8, -8 - 8 * rank), textcoords="offset points",
+                    fontsize=6, color="#333333", va="top", ha="left",
+                    arrowprops={"arrowstyle": "-", "color": "#999999", "lw": 0.4})
+    for rank, i in enumerate(high):
+        key = keys[order[i]]
+        ax.annotate(names.get(key, key), (x[i], y[i]), xytext=(-8, 8 + 8 * rank), textcoords="offset points",
+                    fontsize=6, color="#333333", va="bottom", ha="right",
+                    arrowprops={"arrowstyle": "-", "color": "#999999", "lw": 0.4})
     ax.set_xlabel(f"{unit_plural} ranked by {column}")
     ax.set_ylabel(_short_label(caption))
     ax.set_xlim(-1, len(y))

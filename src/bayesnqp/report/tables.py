@@ -193,9 +193,17 @@ def bayes_paper_table(results: Sequence[Any], *, title: str, key_term: str,
     rows: list[tuple[str, list[str]]] = []
     for t in terms:
         found = [_posterior_row(r.summary, t) for r in results]
-        mags = [abs(float(x[c])) for x in found if x is not None for c in ("mean", "ci_low", "ci_high")
-                if np.isfinite(x[c]) and x[c] != 0]
-        d = digits if not mags else int(min(8, max(digits, 1 - np.floor(np.log10(min(mags))))))
+        # two significant digits of the smallest mean, but no more than two digits finer than the
+        # interval's half-width needs (a mean of 7e-6 inside [-0.0013, 0.0013] is zero to that precision)
+        means = [abs(float(x["mean"])) for x in found if x is not None and np.isfinite(x["mean"]) and x["mean"] != 0]
+        halves = [abs(float(x["ci_high"] - x["ci_low"])) / 2 for x in found if x is not None
+                  and np.isfinite(x["ci_high"] - x["ci_low"]) and x["ci_high"] != x["ci_low"]]
+        d = digits
+        if means:
+            d = int(1 - np.floor(np.log10(min(means))))
+            if halves:
+                d = min(d, int(3 - np.floor(np.log10(min(halves)))))
+        d = int(min(8, max(digits, d)))
         rows.append((term_labels.get(t, t), [_fmt(x["mean"], d) if x is not None else "" for x in found]))
         rows.append(("", [f"[{_fmt(x['ci_low'], d)}, {_fmt(x['ci_high'], d)}]" if x is not None else ""
                           for x in found]))
