@@ -84,6 +84,7 @@ class Section:
     current_group: str | None = None
     groups: dict[str, str] = field(default_factory=dict)  # model id -> title
     hidden: bool = False
+    notes_seen: set[str] = field(default_factory=set)
 
 
 def tidy_text(text: str) -> str:
@@ -177,6 +178,18 @@ class ReportBuilder:
         caption = re.sub(r"\bppc\b", "PPC", caption)
         return self.labels.text(caption)
 
+    def _shared_note(self, section: Section, note: str) -> str:
+        """A long explanation repeated under every model of a section is printed once, under the first."""
+        out = []
+        for sentence in re.split(r"(?<=[.;:])\s+(?=[A-Z])", note):
+            if len(sentence) > 120 and sentence in section.notes_seen:
+                if "(as explained above)" not in out:
+                    out.append("(as explained above)")
+                continue
+            section.notes_seen.add(sentence)
+            out.append(sentence)
+        return " ".join(out)
+
     # -- blocks --------------------------------------------------------------------------------------
     def text(self, section: Section, text: str, *, raw_html: bool = False) -> None:
         if raw_html:
@@ -212,7 +225,7 @@ class ReportBuilder:
         if stem.endswith("_posterior") and not first:
             self._open_group(section, stem.removesuffix("_posterior"))
         caption = self._caption(section, caption)
-        note = self.labels.text(tidy_text(note)) if note else ""
+        note = self._shared_note(section, self.labels.text(tidy_text(note))) if note else ""
         base = self.out / "tables" / stem
         if isinstance(table, pd.DataFrame) and self._is_unit_table(table):
             self._unit_table(section, stem, table, caption, note)
