@@ -50,7 +50,7 @@ def test_one_patch_per_city_with_the_right_colours(dist):
         assert ext.x0 < 120.2 < ext.x1 and ext.y0 < 30.25 < ext.y1
         assert ax.get_title() == "Distance to Hangzhou"
         assert ax.get_xticks().size == 0 and ax.get_yticks().size == 0
-        assert any(a.get_xlabel() == "km" for a in fig.axes[1:])  # the colour bar
+        assert any(a.get_xlabel().startswith("km\n") for a in fig.axes[1:])  # the colour bar, with the key
         legend = ax.get_legend()
         assert legend is not None and "2 cities" in legend.get_texts()[0].get_text()
         fig.canvas.draw()

@@ -431,6 +431,12 @@ def _tidy_figure(fig: Any, labels: Labels) -> None:
             if len(texts) >= 4 and not legend._bbox_to_anchor:  # inside the axes, many entries: beside it
                 ax.legend(handles, texts, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small",
                           frameon=False)
+        # density panels (lines, no y ticks) without axis labels
+        suptitle = fig._suptitle.get_text() if getattr(fig, "_suptitle", None) is not None else ""
+        if (ax.lines and not ax.get_xlabel() and not ax.get_ylabel() and ax.get_xticks().size
+                and not ax.get_yticks().size):
+            ax.set_ylabel("density", fontsize="small")
+            ax.set_xlabel("standardised value" if "standardised" in suptitle else "value", fontsize="small")
         # a check's histogram panel ("skewness: p = 0.000") without axis labels
         m = re.match(r"^\s*([\w' ]+?)\s*:\s*p\s*=", ax.get_title())
         if m and not ax.get_xlabel() and any(True for _ in ax.patches):
@@ -443,8 +449,8 @@ def _stamp(fig: Any, banner: str) -> None:
     """The banner below everything the figure draws (axis labels included), never on top of them."""
     if not banner:
         return
-    renderer = fig.canvas.get_renderer()
-    box = fig.get_tightbbox(renderer)
+    fig.canvas.draw()  # runs the layout engine first, so the box is where the axes will really be
+    box = fig.get_tightbbox(fig.canvas.get_renderer())
     height = fig.get_size_inches()[1]
     fig.text(0.5, (box.y0 - 0.08) / height, banner, ha="center", va="top", fontsize=8, color="#b00020")
 

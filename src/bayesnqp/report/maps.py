@@ -136,7 +136,7 @@ def choropleth(values: pd.Series, title: str, *, label: str, cmap: str = "viridi
     ax.set_yticks([])
     for side in ax.spines.values():
         side.set_visible(False)
-    ax.set_title(title)
+    ax.set_title(title, fontsize="medium")
 
     mappable = plt.cm.ScalarMappable(norm=norm, cmap=colours)
     bar = fig.colorbar(mappable, ax=ax, orientation="horizontal", shrink=0.7, pad=0.03, aspect=35)
@@ -148,9 +148,9 @@ def choropleth(values: pd.Series, title: str, *, label: str, cmap: str = "viridi
         handles = [Patch(facecolor=MISSING_COLOUR, edgecolor="#999999", linewidth=0.5,
                          label=f"no value ({n_missing} {'city' if n_missing == 1 else 'cities'})")]
         ax.legend(handles=handles, loc="lower left", frameon=False, fontsize="small")
-    ax.text(0.99, 0.01, f"{int(have.sum())} of {len(codes)} prefecture-level cities shown;\n"
-            "pale grey: outside the sample; lines: province borders",
-            transform=ax.transAxes, ha="right", va="bottom", fontsize="x-small", color="#555555")
+    # the key goes under the colour bar's label, not on the map (it used to cover Hainan and Taiwan)
+    bar.set_label(f"{label}{note}\n{int(have.sum())} of {len(codes)} cities shown; pale grey: outside the "
+                  "sample", fontsize="small", color="#333333")
     return fig
 
 
