@@ -210,7 +210,7 @@ def test_tables_tex_compiles(report_dir, tmp_path):
     assert set(stems) == {p.stem for p in work.glob("*.tex")} - {"tables"}  # every table is included
     for stem in stems:
         body = (work / f"{stem}.tex").read_text(encoding="utf-8")
-        assert body.count(r"\caption{") == 1 and r"\label{tab:" in body, stem
+        assert body.count(r"\caption{") == 1 and r"\label{tab:" in body and "Note: " in body, stem
         assert not re.search(r"\\caption\{Table \d", body), stem  # LaTeX numbers tables; no 'Table 1: Table 3'
     proc = subprocess.run([pdflatex, "-interaction=nonstopmode", "-halt-on-error", "tables.tex"], cwd=work,
                           capture_output=True, text=True, timeout=300)

@@ -234,8 +234,8 @@ class ReportBuilder:
             table.to_csv(base.with_suffix(".csv"))
             cells, show_index, index_label = self._display_cells(table)
             markdown = cells.to_markdown(index=show_index)
-            latex = LatexTable(stem=stem, caption=caption, cells=cells, note=note, index_label=index_label,
-                               show_index=show_index).render()
+            latex = LatexTable(stem=stem, caption=caption, cells=cells, note=note or self._glossary(table),
+                               index_label=index_label, show_index=show_index).render()
             body = _html_table(cells, show_index, index_label)
         else:
             frame = table.frame.copy()
@@ -268,6 +268,21 @@ class ReportBuilder:
             section.blocks.insert(at, block)
         else:
             self._add(section, block)
+
+    def _glossary(self, table: pd.DataFrame) -> str:
+        """A note for a table that came without one (a paper's table always has one): what its columns mean."""
+        cols = {str(c) for c in table.columns} | {str(n) for n in table.index.names if n}
+        bayes = "r_hat" in cols or "post_mean" in cols
+        words = {"ci_low": "lower and upper: bounds of the 94% highest-density interval" if bayes
+                 else "lower and upper: bounds of the 95% confidence interval",
+                 "std_error": "SE: standard error", "r_hat": "r-hat: potential scale reduction (1 at convergence)",
+                 "ess_bulk": "ESS: effective sample size of the posterior draws",
+                 "z": "z: (posterior mean - estimate) / SE" if bayes or "post_mean" in cols else "z: test statistic",
+                 "sd_ratio": "sd ratio: posterior sd / SE", "p_value": "p: p-value",
+                 "p_permutation": "p (permutation): share of permuted statistics at least as extreme"}
+        parts = [text for key, text in words.items() if key in cols]
+        source = f"computed from {Path(str(self.meta.get('data', ''))).name or 'the data'}"
+        return "; ".join([*parts, source])[:1].upper() + "; ".join([*parts, source])[1:] + "."
 
     def _display_cells(self, table: pd.DataFrame) -> tuple[pd.DataFrame, bool, str]:
         """Formatted strings; a MultiIndex or a named index becomes ordinary columns (no header row of
