@@ -86,6 +86,18 @@ def format_frame(frame: pd.DataFrame) -> pd.DataFrame:
         if kind == "real" and values.size and np.isfinite(values).any() and np.all(
                 np.mod(values[np.isfinite(values)], 1) == 0) and series.dtype != object:
             kind = "count"  # whole numbers only (e.g. 4360.0): integers
+        mags = np.abs(values[np.isfinite(values) & (values != 0)]) if values.size else values
+        mixed = series.dtype == object or (mags.size > 1 and mags.max() / mags.min() > 1e3)
+        if mixed:
+            # a column of different quantities (a key-value table): each cell its own digits, and its kind
+            # from its row label where the column says nothing (kp_rk_lm_p is a p-value)
+            cells = []
+            for label, v in zip(frame.index, series.tolist()):
+                k = kind if kind != "real" else column_kind(label[-1] if isinstance(label, tuple) else label)
+                num = np.array([v], dtype=float) if isinstance(v, (int, float, np.number)) else np.array([])
+                cells.append(fmt_number(v, k, decimals_for(num) if num.size else 4))
+            out.iloc[:, j] = cells
+            continue
         dec = decimals_for(values) if values.size else 4
         out.iloc[:, j] = [fmt_number(v, kind, dec) for v in series.tolist()]
     return out

@@ -27,7 +27,9 @@ def _diagnostics_table(results: list[AnalysisResult]) -> pd.DataFrame:
 
 
 def _num(x: Any) -> str:
-    return "-inf/inf" if x is None else f"{x:.4f}"
+    from ..report.numbers import fmt_number
+
+    return "-inf/inf" if x is None else fmt_number(int(x) if float(x).is_integer() else x, "real", 4)
 
 
 def _oracle_table(ctx: RunContext, sec, analysis_id: str, run, *, title: str, caption: str,
