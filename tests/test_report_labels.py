@@ -79,6 +79,8 @@ def test_a_non_city_panel_reads_in_the_users_words(tmp_path, labels):
     assert "without the four municipalities" not in text and "no municipalities" not in text
     # the user never asked for mechanisms: no skip line, no empty section
     assert "Not run" not in text and 'id="mechanisms"' not in page and 'id="bayes_mediation"' not in page
+    rows = (out / "tables" / "table3.csv").read_text(encoding="utf-8").splitlines()
+    assert rows[1].startswith(f"{treatment},") and f"{unit.capitalize()} FE" in "".join(rows)
     s = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert s["data"]["outcome"] == "nqp" and s["data"]["outcome_column"] == "score"  # roles beside columns
     assert s["data"]["columns"] == {"city": "region", "year": "yr", "nqp": "score", "agglomeration": "lq"}

@@ -241,8 +241,9 @@ class ReportBuilder:
             frame = table.frame.copy()
             frame.index = [self.labels.text(self.labels.term(str(i))) if str(i) else "" for i in frame.index]
             table_note = self.labels.text(table.note)
-            table.to_csv(base.with_suffix(".csv"))
-            markdown = table.to_markdown()
+            # the user's words in the files too (the frame holds display strings only)
+            frame.to_csv(base.with_suffix(".csv"), index_label="")
+            markdown = _paper_markdown(caption or table.title, frame, table_note)
             latex = LatexTable(stem=stem, caption=caption or table.title, cells=frame,
                                note=" ".join(x for x in (table_note.removeprefix("Note: "), note) if x)).render()
             body = _html_table(frame, True, "", paper=True)
@@ -458,6 +459,15 @@ def _tidy_figure(fig: Any, labels: Labels) -> None:
             ax.set_xlabel(f"{m.group(1)} (bars: replicated data; line: observed)", fontsize="small")
             if not ax.get_ylabel():
                 ax.set_ylabel("replicated datasets", fontsize="small")
+
+
+def _paper_markdown(title: str, frame: pd.DataFrame, note: str) -> str:
+    cols = [str(c) for c in frame.columns]
+    lines = [f"**{title}**", "", "| | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for label, row in frame.iterrows():
+        cells = [str(v).replace("*", r"\*") for v in row.tolist()]  # stars are emphasis in Markdown
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join([*lines, "", note.replace("*", r"\*")])
 
 
 def _stamp(fig: Any, banner: str) -> None:
