@@ -104,3 +104,15 @@ def test_prose_is_plain():
         "beta (see the model specification's 'mundlak' setting), BFMI not available"
     lab = Labels(unit="person", units="people", outcome="wage", treatment="training", paper=False)
     assert lab.text("city effects raise NQP in 280 cities") == "person effects raise wage in 280 people"
+
+
+def test_a_figure_made_without_pyplot_is_saved_with_its_banner(tmp_path):
+    from matplotlib.figure import Figure
+
+    report = ReportBuilder(tmp_path, title="t", synthetic=True, meta={})
+    fig = Figure(figsize=(4, 3))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1])
+    report.figure(report.section("s", "S"), "plain", fig, "a plain figure")
+    assert (tmp_path / "figures" / "plain.png").stat().st_size > 1000
+    assert any(t.get_text() == "SYNTHETIC DEMO DATA" for t in fig.texts)

@@ -367,6 +367,10 @@ class ReportBuilder:
         """figures/<name>.png (banner below the axes on synthetic data); returns the <img> element."""
         stem = _slug(name)
         path = self.out / "figures" / f"{stem}.png"
+        if not hasattr(fig.canvas, "get_renderer"):  # a Figure() made without pyplot has no drawing canvas
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+            FigureCanvasAgg(fig)
         _tidy_figure(fig, self.labels)
         _stamp(fig, SYNTHETIC_BANNER if self.synthetic else "")
         width, height = fig.get_size_inches()
