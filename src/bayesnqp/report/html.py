@@ -371,8 +371,13 @@ class ReportBuilder:
             from matplotlib.backends.backend_agg import FigureCanvasAgg
 
             FigureCanvasAgg(fig)
-        _tidy_figure(fig, self.labels)
-        _stamp(fig, SYNTHETIC_BANNER if self.synthetic else "")
+        banner = SYNTHETIC_BANNER if self.synthetic else ""
+        try:
+            _tidy_figure(fig, self.labels)
+            _stamp(fig, banner)
+        except Exception:  # noqa: BLE001 - cosmetics must never end a run that has sampled for minutes
+            if banner and not any(t.get_text() == banner for t in fig.texts):
+                fig.text(0.5, 0.005, banner, ha="center", va="bottom", fontsize=8, color="#b00020")
         width, height = fig.get_size_inches()
         fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
