@@ -127,7 +127,9 @@ def resolve_labels(study: Any) -> Labels:
         unit, outcome, treatment = _PAPER_UNIT, _PAPER_OUTCOME, _PAPER_TREATMENT
     else:
         # a generic id column name ("id", "adcode") is no word for a unit; then the geography decides
-        unit = cfg.city if cfg.city.lower() not in _GENERIC_IDS else (
+        word = cfg.city if cfg.city.lower() in _GENERIC_IDS else (
+            re.sub(r"[_\s-]*(id|code|key)$", "", cfg.city, flags=re.I) or cfg.city)  # person_id -> person
+        unit = word if word.lower() not in _GENERIC_IDS else (
             _PAPER_UNIT if set(study.cities) <= _bundled() else "unit")
         outcome = r.outcome_source or ("entropy index" if r.indicators else "outcome")
         treatment = r.treatment_source or ("location quotient" if r.employment else "treatment")
