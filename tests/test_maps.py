@@ -50,7 +50,7 @@ def test_one_patch_per_city_with_the_right_colours(dist):
         assert ext.x0 < 120.2 < ext.x1 and ext.y0 < 30.25 < ext.y1
         assert ax.get_title() == "Distance to Hangzhou"
         assert ax.get_xticks().size == 0 and ax.get_yticks().size == 0
-        assert any(a.get_xlabel() == "km" for a in fig.axes[1:])  # the colour bar
+        assert any(a.get_xlabel().startswith("km\n") for a in fig.axes[1:])  # the colour bar, with the key
         legend = ax.get_legend()
         assert legend is not None and "2 cities" in legend.get_texts()[0].get_text()
         fig.canvas.draw()
@@ -98,5 +98,30 @@ def test_map_pair_has_two_maps(dist, tmp_path):
         assert fig.get_suptitle() == "City effects"
         fig.savefig(tmp_path / "pair.png", dpi=40)
         assert (tmp_path / "pair.png").stat().st_size > 1000
+    finally:
+        plt.close(fig)
+
+
+def test_near_constant_values_are_not_stretched_over_the_scale(dist):
+    flat = pd.Series(0.0100, index=dist.index) + np.linspace(0, 1e-6, len(dist))
+    fig = choropleth(flat, "flat", label="direct effect")
+    try:
+        face = _city_collection(fig.axes[0]).get_facecolors()
+        # 1e-6 of spread on a level of 0.01 must not run from one end of the colour map to the other
+        assert np.abs(face.max(axis=0) - face.min(axis=0)).max() < 0.05
+        assert any("nearly constant" in a.get_xlabel() for a in fig.axes[1:])
+    finally:
+        plt.close(fig)
+
+
+def test_effect_maps_use_a_diverging_scale_centred_at_zero(dist):
+    positive = dist / dist.max() + 0.1  # all positive: 0 is still the centre of the scale
+    fig = map_pair(positive, positive * 0.1, "effects", "direct effect", effect=True)
+    try:
+        coll = _city_collection(fig.axes[0])
+        codes = list(load_boundaries())
+        colour = coll.get_facecolors()[codes.index(positive.idxmin())]
+        # the smallest effect (0.1 of a max of 1.1) sits just above the white middle of RdBu_r
+        assert np.abs(colour - np.array(plt.get_cmap("RdBu_r")(0.5 + 0.5 * positive.min() / positive.max()))).max() < 0.05
     finally:
         plt.close(fig)

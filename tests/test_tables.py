@@ -77,6 +77,7 @@ def test_outputs(tmp_path):
     assert r"0.0100\*\*\*" in md and "| (4) |" in md
     tex = t.to_latex()
     assert r"0.0100$^{***}$" in tex and r"Baseline \& more\_" in tex and r"\begin{tabular}{lc}" in tex
+    assert r"\caption{" in tex and r"\label{tab:" in tex and r"\begin{tablenotes}" in tex and "$<$ 0.01" in tex
     h = t.to_html()
     assert h.startswith('<table class="paper">') and "<td>0.0100***</td>" in h and "&amp;" in h
     assert "<td>(0.0010)</td>" in h
@@ -87,3 +88,25 @@ def test_bad_arguments():
         paper_table([], title="T")
     with pytest.raises(ValueError):
         paper_table([result("a", 0.5)], title="T", column_labels=["x", "y"])
+
+
+def test_bayesian_paper_table_layout_and_digits():
+    from types import SimpleNamespace
+
+    from bayesnqp.report.tables import bayes_paper_table
+
+    summary = pd.DataFrame({"mean": [0.0101, -0.0000069], "sd": [0.0004, 0.0007], "ci_low": [0.0093, -0.0013],
+                            "ci_high": [0.0108, 0.0013]}, index=["beta[agglomeration]", "beta[develop]"])
+    agree = pd.DataFrame({"z": [0.05], "sd_ratio": [0.41]}, index=["agglomeration"])
+    fit = SimpleNamespace(summary=summary, agreement=agree,
+                          diagnostics=SimpleNamespace(max_r_hat=1.0041, min_ess_bulk=1292.4, divergences=0))
+    t = bayes_paper_table([fit], title="B", key_term="agglomeration", terms=["agglomeration", "develop"],
+                          column_labels=["(4)"])
+    f = t.frame
+    assert list(f.index) == ["agglomeration", "", "develop", "", "max r-hat", "min ESS (bulk)", "divergences",
+                             "z (agglomeration)", "sd ratio (agglomeration)"]
+    assert f.iloc[0, 0] == "0.0101" and f.iloc[1, 0] == "[0.0093, 0.0108]"
+    assert f.iloc[2, 0] == "-0.000007"  # not 0.0000, and not seven digits finer than its interval
+    assert f.loc["max r-hat"].tolist() == ["1.004"] and f.loc["min ESS (bulk)"].tolist() == ["1292"]
+    assert f.loc["z (agglomeration)"].tolist() == ["0.05"] and f.loc["sd ratio (agglomeration)"].tolist() == ["0.41"]
+    assert "94% highest-density interval" in t.note

@@ -30,6 +30,12 @@ none of them is.
     [analysis]
     se = "cluster"                # cluster | iid | hetero
     allow_unbalanced = false      # true: missing city-years allowed; analyses needing balance are skipped
+
+    [labels]                      # the words of the report (default: from the column names; the paper's
+    unit = "district"             # words only for the paper's own design)
+    units = "districts"           # plural (default: unit + s)
+    outcome = "log sales"
+    treatment = "broadband share"
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ _SECTIONS: dict[str, set[str]] = {
     "mechanisms": set(),  # free keys
     "spatial": {"weights", "enabled"},
     "analysis": {"se", "allow_unbalanced"},
+    "labels": {"unit", "units", "outcome", "treatment"},
 }
 
 
@@ -76,6 +83,7 @@ class StudyConfig:
     spatial: Literal["auto", "true", "false"] = "auto"
     se: SEType = "cluster"
     allow_unbalanced: bool = False
+    labels: dict[str, str] = field(default_factory=dict)  # [labels]: display words for the report
     explicit: frozenset[str] = frozenset()
     source: str = "(defaults)"
 
@@ -154,6 +162,16 @@ def parse_config(raw: dict[str, Any], src: str, base_dir: Path | None = None) ->
         if not isinstance(analysis["allow_unbalanced"], bool):
             problems.append(Problem(src, "[analysis] allow_unbalanced must be true or false"))
         kwargs["allow_unbalanced"] = analysis["allow_unbalanced"]
+    labels: dict[str, str] = {}
+    for key, value in raw.get("labels", {}).items():
+        if not isinstance(value, str) or not value.strip():
+            problems.append(Problem(src, f"[labels] {key} must be a non-empty string"))
+        elif len(value) > 60 or "\n" in value:
+            problems.append(Problem(src, f"[labels] {key} must be one short line (at most 60 characters)"))
+        else:
+            labels[key] = value.strip()
+    if labels:
+        kwargs["labels"] = labels
     if kwargs.get("outcome") and "indicators" in explicit:
         problems.append(Problem(src, "[columns] give either 'outcome' (a ready index) or 'indicators', not both"))
     if problems:

@@ -29,6 +29,7 @@ from .data.intake import StudyData, load_study
 from .errors import ConvergenceError, InputError, Problem
 from .report.html import ReportBuilder
 from .checks.flags import records as flag_records
+from .report.overview import finish_report
 from .results import json_safe
 from .staging import InterruptGuard, clean_stale, private_tempdir, replace_folder, staging_path
 from .stages.context import RunContext
@@ -140,10 +141,7 @@ def run_study(data: str | Path | None, config_path: str | Path | None, options: 
             checked_progress(label)
             stage(ctx)
         summary["flagged"] = flag_records(ctx.flagged)
-        if ctx.flagged:
-            sec = report.section("diagnostics", "Flags: every check that failed")
-            for item in ctx.flagged:
-                report.flag(sec, str(item))
+        finish_report(ctx, bayes_ran=options.bayes)  # overview box, flags, Bayesian paper tables, labels
         (staging / "summary.json").write_text(json.dumps(json_safe(summary), indent=2, ensure_ascii=False),
                                               encoding="utf-8")
         report.render()

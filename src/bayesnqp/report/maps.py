@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # files only; never open a window
 
@@ -99,6 +100,7 @@ def choropleth(values: pd.Series, title: str, *, label: str, cmap: str = "viridi
         cmap = "RdBu_r"
     colours = plt.get_cmap(cmap)
     finite = data[have]
+    note = ""
     if finite.size == 0:
         norm = Normalize(0.0, 1.0)
     elif diverging:
@@ -106,7 +108,16 @@ def choropleth(values: pd.Series, title: str, *, label: str, cmap: str = "viridi
         norm = TwoSlopeNorm(vcenter=0.0, vmin=-half, vmax=half)
     else:
         lo, hi = float(finite.min()), float(finite.max())
-        norm = Normalize(lo, hi if hi > lo else lo + 1.0)
+        level = max(abs(lo), abs(hi))
+        if hi - lo <= 0.02 * level or hi == lo:
+            # near-constant values: stretching them over the full colour scale would invent contrast, so the
+            # scale spans +-10% of their level and the colour bar says how little they vary
+            pad = 0.1 * level or 1.0
+            mid = 0.5 * (lo + hi)
+            norm = Normalize(mid - pad, mid + pad)
+            note = f" (nearly constant: {lo:.3g} to {hi:.3g})"
+        else:
+            norm = Normalize(lo, hi)
 
     face = np.tile(matplotlib.colors.to_rgba(MISSING_COLOUR), (len(codes), 1))
     face[have] = colours(norm(finite))
@@ -125,28 +136,32 @@ def choropleth(values: pd.Series, title: str, *, label: str, cmap: str = "viridi
     ax.set_yticks([])
     for side in ax.spines.values():
         side.set_visible(False)
-    ax.set_title(title)
+    ax.set_title(title, fontsize="medium")
 
     mappable = plt.cm.ScalarMappable(norm=norm, cmap=colours)
-    bar = fig.colorbar(mappable, ax=ax, orientation="horizontal", shrink=0.7, pad=0.02, aspect=35)
-    bar.set_label(label)
+    bar = fig.colorbar(mappable, ax=ax, orientation="horizontal", shrink=0.7, pad=0.03, aspect=35)
+    bar.set_label(label + note, fontsize="small")
+    bar.ax.tick_params(labelsize="x-small")
+    bar.ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))  # few ticks: labels never collide
     n_missing = int((~have).sum())
     if n_missing:
         handles = [Patch(facecolor=MISSING_COLOUR, edgecolor="#999999", linewidth=0.5,
                          label=f"no value ({n_missing} {'city' if n_missing == 1 else 'cities'})")]
         ax.legend(handles=handles, loc="lower left", frameon=False, fontsize="small")
-    ax.text(0.99, 0.01, f"{int(have.sum())} of {len(codes)} prefecture-level cities shown;\n"
-            "pale grey: outside the sample; lines: province borders",
-            transform=ax.transAxes, ha="right", va="bottom", fontsize="x-small", color="#555555")
+    # the key goes under the colour bar's label, not on the map (it used to cover Hainan and Taiwan)
+    bar.set_label(f"{label}{note}\n{int(have.sum())} of {len(codes)} cities shown; pale grey: outside the "
+                  "sample", fontsize="small", color="#333333")
     return fig
 
 
-def map_pair(mean: pd.Series, width: pd.Series, title: str, label: str) -> Figure:
-    """Two maps side by side: the posterior mean and the width of its 94% interval, per city."""
-    fig, axes = plt.subplots(1, 2, figsize=(14.0, 6.4), layout="constrained")
+def map_pair(mean: pd.Series, width: pd.Series, title: str, label: str, *, effect: bool = False) -> Figure:
+    """Two maps side by side: the posterior mean and the width of its 94% interval, per city.
+
+    ``effect``: the mean is an effect, drawn on a diverging scale centred at 0 whatever its sign."""
+    fig, axes = plt.subplots(1, 2, figsize=(11.0, 5.0), layout="constrained")
     m = pd.Series(mean, dtype=float)
     straddles = bool(m.notna().any() and m.min() < 0 < m.max())
-    choropleth(m, "Posterior mean", label=label, diverging=straddles, ax=axes[0])
+    choropleth(m, "Posterior mean", label=label, diverging=effect or straddles, ax=axes[0])
     choropleth(width, CI_LABEL, label=f"{CI_LABEL} of {label}", cmap="magma_r", ax=axes[1])
     fig.suptitle(title)
     return fig

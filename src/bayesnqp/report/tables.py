@@ -11,6 +11,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -66,24 +67,13 @@ class PaperTable:
         lines += ["", self.note.replace("*", r"\*")]
         return "\n".join(lines)
 
-    def to_latex(self) -> str:
-        def esc(s: str) -> str:
-            s = s.replace("\\", r"\textbackslash{}")
-            for ch in "&%_#${}":
-                s = s.replace(ch, "\\" + ch)
-            s = s.replace(r"\textbackslash\{\}", r"\textbackslash{}")
-            # a run of stars becomes one superscript: 0.0100*** -> 0.0100$^{***}$
-            return re.sub(r"(\*+)", r"$^{\1}$", s)
+    def to_latex(self, stem: str = "") -> str:
+        """A booktabs/threeparttable float with caption, label and note (see report.latex)."""
+        from .latex import LatexTable
 
-        cols = list(self.frame.columns)
-        lines = [r"\begin{table}[htbp]", r"\centering", rf"\caption{{{esc(self.title)}}}",
-                 r"\begin{tabular}{l" + "c" * len(cols) + "}", r"\hline",
-                 " & " + " & ".join(esc(c) for c in cols) + r" \\", r"\hline"]
-        for label, row in self.frame.iterrows():
-            lines.append(esc(str(label)) + " & " + " & ".join(esc(v) for v in row.tolist()) + r" \\")
-        lines += [r"\hline", r"\end{tabular}",
-                  r"\par\smallskip\footnotesize " + esc(self.note), r"\end{table}"]
-        return "\n".join(lines)
+        stem = stem or re.sub(r"[^a-z0-9]+", "_", self.title.lower()).strip("_") or "table"
+        return LatexTable(stem=stem, caption=self.title, cells=self.frame, note=self.note.removeprefix("Note: "),
+                          ).render()
 
     def to_html(self) -> str:
         cols = list(self.frame.columns)
@@ -123,11 +113,20 @@ def paper_table(results: Sequence[AnalysisResult], *, title: str, column_labels:
     rows: list[tuple[str, list[str]]] = []
     for t in terms:
         est, se = [], []
+        # enough decimals that no real number of this row prints as 0.0000: two significant digits of the
+        # smallest estimate, one of the smallest standard error
+        need = [digits]
+        for col, sig in (("estimate", 1), ("std_error", 0)):
+            mags = [abs(float(r.coefs.loc[t, col])) for r in results if t in r.coefs.index
+                    and np.isfinite(r.coefs.loc[t, col]) and r.coefs.loc[t, col] != 0]
+            if mags:
+                need.append(int(sig - np.floor(np.log10(min(mags)))))
+        row_digits = min(8, max(need))
         for r in results:
             if t in r.coefs.index:
                 row = r.coefs.loc[t]
-                est.append(_fmt(row["estimate"], digits) + stars_for(row["p_value"], stars))
-                s = _fmt(row["std_error"], digits)
+                est.append(_fmt(row["estimate"], row_digits) + stars_for(row["p_value"], stars))
+                s = _fmt(row["std_error"], row_digits)
                 se.append(f"({s})" if s else "")
             else:
                 est.append("")
@@ -159,4 +158,75 @@ def _note(results: Sequence[AnalysisResult], labels: Sequence[str], stars: Seque
     return "Note: " + "; ".join(x for x in (se_part, legend, r2_part) if x) + "."
 
 
-__all__ = ["PaperTable", "paper_table", "stars_for"]
+def _posterior_row(summary: pd.DataFrame, term: str) -> pd.Series | None:
+    """The posterior summary row of a coefficient: 'beta[term]', the bare term, or '...[term]'."""
+    for label in (f"beta[{term}]", term):
+        if label in summary.index:
+            return summary.loc[label]
+    hits = [i for i in summary.index if str(i).endswith(f"[{term}]")]
+    return summary.loc[hits[0]] if len(hits) == 1 else None
+
+
+def bayes_paper_table(results: Sequence[Any], *, title: str, key_term: str,
+                      column_labels: Sequence[str] | None = None, terms: Sequence[str] | None = None,
+                      term_labels: dict[str, str] | None = None, digits: int = 4,
+                      ci_percent: int = 94) -> PaperTable:
+    """The Bayesian twin of :func:`paper_table`: same layout, one column per fit.
+
+    Each coefficient row holds the posterior mean with its HDI in brackets beneath; then the largest
+    r-hat and the smallest bulk ESS of the fit, and for ``key_term`` the agreement with the frequentist
+    column (z and the ratio of posterior sd to the frequentist SE), where there is an oracle.
+    ``results`` are BayesResult objects (``summary``, ``diagnostics``, ``agreement``).
+    """
+    if not results:
+        raise ValueError("bayes_paper_table needs at least one result")
+    labels = list(column_labels) if column_labels is not None else [f"({i + 1})" for i in range(len(results))]
+    if len(labels) != len(results):
+        raise ValueError("column_labels must have one label per result")
+    term_labels = term_labels or {}
+    if terms is None:
+        terms = []
+        for r in results:
+            for t in (r.agreement.index if r.agreement is not None else []):
+                if t not in terms:
+                    terms.append(t)
+    rows: list[tuple[str, list[str]]] = []
+    for t in terms:
+        found = [_posterior_row(r.summary, t) for r in results]
+        # two significant digits of the smallest mean, but no more than two digits finer than the
+        # interval's half-width needs (a mean of 7e-6 inside [-0.0013, 0.0013] is zero to that precision)
+        means = [abs(float(x["mean"])) for x in found if x is not None and np.isfinite(x["mean"]) and x["mean"] != 0]
+        halves = [abs(float(x["ci_high"] - x["ci_low"])) / 2 for x in found if x is not None
+                  and np.isfinite(x["ci_high"] - x["ci_low"]) and x["ci_high"] != x["ci_low"]]
+        d = digits
+        if means:
+            d = int(1 - np.floor(np.log10(min(means))))
+            if halves:
+                d = min(d, int(3 - np.floor(np.log10(min(halves)))))
+        d = int(min(8, max(digits, d)))
+        rows.append((term_labels.get(t, t), [_fmt(x["mean"], d) if x is not None else "" for x in found]))
+        rows.append(("", [f"[{_fmt(x['ci_low'], d)}, {_fmt(x['ci_high'], d)}]" if x is not None else ""
+                          for x in found]))
+
+    def agree(r: Any, col: str) -> str:
+        a = r.agreement
+        if a is None or key_term not in a.index or col not in a.columns:
+            return ""
+        return _fmt(float(a.loc[key_term, col]), 2)
+
+    key = term_labels.get(key_term, key_term)
+    rows.append(("max r-hat", [_fmt(r.diagnostics.max_r_hat, 3) for r in results]))
+    rows.append(("min ESS (bulk)", [f"{r.diagnostics.min_ess_bulk:.0f}" if np.isfinite(r.diagnostics.min_ess_bulk)
+                                    else "" for r in results]))
+    rows.append(("divergences", [str(int(r.diagnostics.divergences)) for r in results]))
+    rows.append((f"z ({key})", [agree(r, "z") for r in results]))
+    rows.append((f"sd ratio ({key})", [agree(r, "sd_ratio") for r in results]))
+    frame = pd.DataFrame([v for _, v in rows], index=pd.Index([k for k, _ in rows]), columns=labels, dtype=object)
+    note = (f"Note: posterior means with the {ci_percent}% highest-density interval in brackets beneath. "
+            "max r-hat and min ESS are taken over every reported parameter of the fit. "
+            f"z = (posterior mean - frequentist estimate) / frequentist SE for {key}; sd ratio = posterior sd / "
+            "frequentist SE (below 1: the posterior is narrower than the frequentist interval).")
+    return PaperTable(title=title, frame=frame, note=note)
+
+
+__all__ = ["PaperTable", "bayes_paper_table", "paper_table", "stars_for"]

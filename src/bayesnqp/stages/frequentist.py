@@ -9,6 +9,7 @@ import pandas as pd
 
 from .. import frequentist as fq
 from ..frequentist import bootstrap as bb
+from .. import names
 from ..report.tables import paper_table
 from ..results import AnalysisResult
 from .context import RunContext
@@ -28,7 +29,9 @@ def _diagnostics_table(results: list[AnalysisResult]) -> pd.DataFrame:
 
 
 def _num(x: Any) -> str:
-    return "-inf/inf" if x is None else f"{x:.4f}"
+    from ..report.numbers import fmt_number
+
+    return "-inf/inf" if x is None else fmt_number(int(x) if float(x).is_integer() else x, "real", 4)
 
 
 def _oracle_table(ctx: RunContext, sec, analysis_id: str, run, *, title: str, caption: str,
@@ -67,25 +70,39 @@ def _with_bootstrap(ctx: RunContext, analysis_id: str, results: list[AnalysisRes
     return ctx.guarded(f"{analysis_id}_bootstrap", run, sec) or results
 
 
+def _skip_reason(ctx: RunContext, analysis_id: str, default: str) -> str:
+    """The data check's reason when it gave one (one family, one reason), else the stage's."""
+    return next((x.reason for x in ctx.study.skipped if x.id == analysis_id), default)
+
+
 def stage_frequentist(ctx: RunContext) -> None:
     study, report = ctx.study, ctx.report
     r = study.roles
+    lab = report.labels
+    paper = lab.paper
     f, se, controls = study.frame, study.config.se, list(r.controls)
     outcome, treatment = r.outcome, r.treatment
 
-    sec = report.section("table3", "Baseline: Table 3 (frequentist)")
+    sec = report.section("table3", "Baseline regressions (the paper's Table 3), frequentist" if paper
+                         else "Baseline regressions, frequentist")
     if _oracle_table(ctx, sec, "table3", lambda: fq.table3(f, outcome, treatment, controls, se=se),
-                     title="Table 3 - baseline regressions", labels=["(1)", "(2)", "(3)", "(4)"],
-                     caption="Table 3: pooled OLS; + controls; + city FE; + city and year FE"):
-        report.text(sec, "Paper, column (4): agglomeration 0.0100*** (0.0010), R2 0.3664. The paper does not say "
-                         "which standard errors it used; these are as the note under the table says.")
+                     title="Table 3 - baseline regressions" if paper else "Baseline regressions",
+                     labels=["(1)", "(2)", "(3)", "(4)"],
+                     caption=("Table 3: " if paper else "Baseline: ")
+                     + "pooled OLS; + controls; + city FE; + city and year FE"):
+        _notes(ctx, sec, [ctx.oracles[k] for k in ("table3_col1", "table3_col2", "table3_col3", "table3_col4")
+                          if k in ctx.oracles])
+        if paper:
+            report.text(sec, "Paper, column (4): agglomeration 0.0100*** (0.0010), R2 0.3664. The paper does not "
+                             "say which standard errors it used; these are as the note under the table says.")
 
     sec = report.section("iv", "Endogeneity: instrumental variables and sensitivity")
     if r.instrument:
+        instrument = "distance to Hangzhou" if r.instrument == names.DIST_HANGZHOU else f"'{r.instrument}'"
         res = _oracle_table(ctx, sec, "iv_2sls",
                             lambda: fq.iv_2sls(f, outcome, treatment, controls, r.instrument, se=se),
                             title="2SLS with city and year FE",
-                            caption="Second stage: distance to Hangzhou x year dummies (over-identified) and x "
+                            caption=f"Second stage: {instrument} x year dummies (over-identified) and x "
                                     "linear trend (just-identified)")
         if res:
             for x in res:
@@ -96,43 +113,56 @@ def stage_frequentist(ctx: RunContext) -> None:
                          "Instrument strength and identification diagnostics")
             _notes(ctx, sec, res)
     else:
-        ctx.skip("iv_2sls", "instrumental variables skipped: no distance column", sec)
+        ctx.skip("iv_2sls", _skip_reason(ctx, "iv_2sls", "instrumental variables skipped: no instrument column"),
+                 sec)
     if "table3_col4" in ctx.oracles:
         k = ctx.guarded("konfound", lambda: fq.konfound_result(ctx.oracles["table3_col4"]), sec)
         if k:
             ctx.add_oracle(k)
             table = pd.DataFrame({"value": {key: v for key, v in k.extra.items()
                                             if isinstance(v, (int, float)) and not isinstance(v, bool)}})
-            report.table(sec, "konfound", table, "KonFound sensitivity of Table 3 (4) (Frank 2000)",
+            report.table(sec, "konfound", table, "KonFound sensitivity of the two-way FE estimate (Frank 2000)",
                          note=" ".join(k.notes))
-            report.text(sec, str(k.extra.get("sentence", "")) + " Paper: 81.07% bias to invalidate; "
-                        "impact threshold 0.1681 (r = 0.410 with treatment and outcome).")
+            sentence = str(k.extra.get("sentence", ""))
+            if paper:
+                sentence += (" Paper: 81.07% bias to invalidate; impact threshold 0.1681 (r = 0.410 with treatment "
+                             "and outcome).")
+            report.text(sec, sentence)
 
-    sec = report.section("robustness", "Robustness of Table 3 (4)")
-    res = _oracle_table(ctx, sec, "robustness", lambda: fq.robustness(f, outcome, treatment, controls, se=se),
-                        title="Robustness checks", terms=[treatment],
-                        labels=lambda rs: [x.id.removeprefix("robustness_") for x in rs],
-                        caption="Winsorised 1%/99%; without the four municipalities; lagged agglomeration; "
-                                "Driscoll-Kraay SE")
+    sec = report.section("robustness", "Robustness of the two-way FE estimate")
+    # dropping the four municipalities means something only where they are in the data
+    has_municipalities = bool(set(names.MUNICIPALITY_ADCODES) & set(study.cities))
+
+    def robustness():
+        out = fq.robustness(f, outcome, treatment, controls, se=se)
+        return [x for x in out if has_municipalities or x.id != "robustness_no_municipalities"]
+
+    checks = ["winsorised 1%/99%"] + (["without the four municipalities"] if has_municipalities else []) + [
+        f"lagged {treatment}", "Driscoll-Kraay SE"]
+    res = _oracle_table(ctx, sec, "robustness", robustness, title="Robustness checks", terms=[treatment],
+                        labels=lambda rs: [x.id.removeprefix("robustness_").replace("_", " ") for x in rs],
+                        caption="; ".join(checks)[:1].upper() + "; ".join(checks)[1:])
     _notes(ctx, sec, res)
 
-    sec = report.section("mechanisms", "Mechanisms: Table 4 (frequentist)")
+    sec = report.section("mechanisms", "Mechanisms (the paper's Table 4), frequentist" if paper
+                         else "Mechanisms, frequentist")
     indicators = [c for pair in r.mechanisms.values() for c in pair]
     if indicators:
         _oracle_table(ctx, sec, "table4", lambda: fq.mechanisms(f, treatment, indicators, controls, se=se),
-                      title="Table 4 - mechanism regressions", labels=indicators, terms=[treatment, "constant"],
-                      caption="Each mechanism indicator on agglomeration + controls + city and year FE "
+                      title="Table 4 - mechanism regressions" if paper else "Mechanism regressions",
+                      labels=indicators, terms=[treatment, "constant"],
+                      caption=f"Each mechanism indicator on {treatment} + controls + city and year FE "
                               "(Jiang Ting 2022)")
     else:
         ctx.skip("table4", "mechanism regressions skipped: no mechanism indicators in the data", sec)
 
-    sec = report.section("heterogeneity", "Heterogeneity: median splits (frequentist)")
+    sec = report.section("heterogeneity", "Heterogeneity: median splits, frequentist")
     if r.splitters:
         res = _oracle_table(ctx, sec, "heterogeneity",
                             lambda: fq.heterogeneity(f, outcome, treatment, controls, list(r.splitters), se=se),
                             title="Median splits", labels=list(r.splitters),
-                            caption="Agglomeration slope in the low and high groups and their difference "
-                                    "(fully interacted model)")
+                            caption=f"Median splits: the {treatment} slope in the low and high groups and their "
+                                    "difference (fully interacted model)")
         if res and res[0].notes:
             report.text(sec, " ".join(res[0].notes))
     else:
@@ -173,6 +203,12 @@ def _bootstrap_section(ctx: RunContext) -> None:
 
 
 def _notes(ctx: RunContext, sec, results: list[AnalysisResult]) -> None:
+    """One note per distinct text: a note shared by several columns is printed once, naming them."""
+    shared: dict[str, list[str]] = {}
     for x in results:
         for note in x.notes:
-            ctx.report.text(sec, f"{x.id}: {note}")
+            shared.setdefault(note, []).append(x.id)
+    for note, ids in shared.items():
+        who = ids[0] if len(ids) == 1 else (f"all {len(ids)} columns" if len(ids) == len(results) else ", ".join(ids))
+        text = note.strip()
+        ctx.report.text(sec, f"{who}: {text[:1].upper() + text[1:]}" + ("" if text.endswith(".") else "."))

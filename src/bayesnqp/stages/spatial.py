@@ -12,8 +12,11 @@ from .context import RunContext
 PAPER_RHO = -2.1086
 
 
-def rho_sentence(weights) -> str:
+def rho_sentence(weights, paper: bool = True) -> str:
+    """The admissible interval of rho; the paper's rho is held against it only for the paper's design."""
     lo, hi = weights.rho_bounds
+    if not paper:
+        return f"With this row-standardised W, rho is admissible in (1/lambda_min, 1) = ({lo:.4f}, {hi:.0f})."
     where = "inside" if lo < PAPER_RHO < hi else "outside"
     return (f"With this row-standardised W, rho is admissible in (1/lambda_min, 1) = ({lo:.4f}, {hi:.0f}). "
             f"The paper's rho = {PAPER_RHO} lies {where} that interval"
@@ -25,11 +28,12 @@ def stage_spatial_frequentist(ctx: RunContext) -> None:
     study, report = ctx.study, ctx.report
     sec = report.section("spatial", "Spatial analysis (frequentist)")
     if study.weights is None:
-        ctx.skip("sdm_ml", "spatial analyses skipped: no spatial weights for these regions", sec)
+        ctx.skip("sdm_ml", _spatial_reason(ctx), sec)
         return
     r, f, w = study.roles, study.frame, study.weights
     controls = list(r.controls)
-    report.text(sec, rho_sentence(w))
+    paper = report.labels.paper
+    report.text(sec, rho_sentence(w, paper))
     moran = ctx.guarded("moran_agglomeration",
                         lambda: fsp.moran_by_year(f, r.treatment, w, seed=ctx.settings.seed), sec)
     if moran:
@@ -48,17 +52,27 @@ def stage_spatial_frequentist(ctx: RunContext) -> None:
         for x in res:
             ctx.add_oracle(x)
         report.table(sec, "sdm_ml", paper_table(res, title="Spatial models, two-way FE, maximum likelihood",
-                                                column_labels=[x.id for x in res]),
-                     "Table 5 rebuilt: SDM beside SAR, SEM and SLX")
+                                                column_labels=[x.id.split("_")[0].upper() for x in res]),
+                     ("Table 5 rebuilt: " if paper else "") + "SDM beside SAR, SEM and SLX (maximum likelihood)")
         sdm = res[0]
         if "effects" in sdm.tables:
             report.table(sec, "sdm_ml_effects", sdm.tables["effects"],
                          "SDM direct, indirect and total effects (LeSage-Pace; SEs by simulation from the "
                          "estimates' asymptotic distribution)")
-        for note in sdm.notes:
-            report.text(sec, note)
-        report.text(sec, "Paper, Table 5: agglomeration 0.0099*** (0.0009), W x agglomeration -0.0594* (0.0327), "
+        for note in dict.fromkeys(n for x in res for n in x.notes):
+            if note.startswith("FLAG:"):  # a warning, shown as one (and listed in the overview's flag box)
+                report.flag(sec, note.removeprefix("FLAG:").strip())
+            else:
+                report.text(sec, note)
+        if paper:
+            report.text(sec, "Paper, Table 5: agglomeration 0.0099*** (0.0009), W x agglomeration -0.0594* (0.0327), "
                          f"rho {PAPER_RHO}*** (0.2662); no direct/indirect effects reported.")
+
+
+def _spatial_reason(ctx: RunContext) -> str:
+    """The data check's reason (one reason for the whole spatial family)."""
+    return next((x.reason for x in ctx.study.skipped if x.id == "spatial"),
+                "spatial analyses skipped: no spatial weights for these regions")
 
 
 def _maps_available(weights) -> bool:
@@ -113,7 +127,7 @@ def stage_spatial_bayes(ctx: RunContext) -> None:
     study, report = ctx.study, ctx.report
     sec = report.section("bayes_spatial", "Spatial models rebuilt: CAR city effects and a Bayesian spatial Durbin model")
     if study.weights is None:
-        ctx.skip("bayes_sdm", "Bayesian spatial models skipped: no spatial weights for these regions", sec)
+        ctx.skip("bayes_sdm", _spatial_reason(ctx), sec)
         return
     r, w, s = study.roles, study.weights, ctx.settings
     frame = study.frame
@@ -128,7 +142,7 @@ def stage_spatial_bayes(ctx: RunContext) -> None:
             t = car.tables["city_effects"]
             report.figure(sec, "map_car_city_effects",
                           map_pair(t["mean"], t["ci_width"], "BYM2 city effects (standardised scale)",
-                                   "city effect"),
+                                   "city effect", effect=True),
                           "Spatial city effects: posterior mean (left) and 94% interval width (right)")
     leroux = ctx.guarded("bayes_car_leroux", lambda: fit_car(frame, controls, w, s, ctx.oracles.get("table3_col4"),
                                                              kind="leroux"), sec)
@@ -141,11 +155,12 @@ def stage_spatial_bayes(ctx: RunContext) -> None:
         if x:
             render_bayes(ctx, sec, x)
             fits[model] = x
+    report.end_group(sec)  # what follows belongs to the section, not to the last model
     sdm = fits.get("sdm")
     if sdm is not None:
         lo, hi = w.rho_bounds
         post = sdm.summary.loc["rho"] if "rho" in sdm.summary.index else None
-        text = rho_sentence(w)
+        text = rho_sentence(w, report.labels.paper)
         if post is not None:
             text += (f" The posterior of rho: mean {post['mean']:.3f}, 94% interval [{post['ci_low']:.3f}, "
                      f"{post['ci_high']:.3f}], inside ({lo:.3f}, {hi:.0f}) by construction of the prior.")
@@ -157,9 +172,9 @@ def stage_spatial_bayes(ctx: RunContext) -> None:
                 if key in sdm.tables:
                     t = sdm.tables[key]
                     report.figure(sec, f"map_sdm_{kind}",
-                                  map_pair(t["mean"], t["ci_width"], f"SDM {kind} effect of agglomeration by city",
-                                           f"{kind} effect"),
-                                  f"Each city's {kind} effect of agglomeration on NQP: posterior mean and "
+                                  map_pair(t["mean"], t["ci_width"], f"SDM {kind} effect of {report.labels.treatment} by {report.labels.unit}",
+                                           f"{kind} effect", effect=True),
+                                  f"Each {report.labels.unit}'s {kind} effect of {report.labels.treatment} on {report.labels.outcome}: posterior mean and "
                                   "94% interval width")
     if fits:
         checked = dict(fits)
