@@ -140,3 +140,18 @@ def test_stage_rebuilds_the_two_way_model_and_finds_its_weak_priors_harmless(tmp
     col4.idata.attrs["spec_hash"] = "0" * 64
     with pytest.raises(ValueError, match="spec"):
         rebuild_model(ctx, col4)
+
+
+def test_a_parameter_the_data_do_not_inform_is_prior_driven(y):
+    """nu enters no likelihood term: its posterior is its prior, which power-scaling the prior moves and
+    power-scaling the likelihood does not (the situation of a loading identified only by the prior)."""
+    with pm.Model() as model:
+        mu = pm.Normal("mu", 0.0, 10.0)
+        pm.Normal("nu", 0.0, 1.0)
+        pm.Normal("y", mu, 1.0, observed=y)
+    idata = _conjugate(y, 10.0, draws=4000)
+    idata.posterior["nu"] = (("chain", "draw"), np.random.default_rng(9).normal(size=(4, 1000)))
+    res = sens.power_scaling(model, idata, ["mu", "nu"])
+    assert res.table.loc["nu", "prior"] > PSENS_THRESHOLD > res.table.loc["nu", "likelihood"]
+    assert res.table.loc["nu", "diagnosis"] == "prior-driven"
+    assert res.table.loc["mu", "diagnosis"] == "-"

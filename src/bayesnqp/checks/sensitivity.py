@@ -99,9 +99,15 @@ def log_densities(model: pm.Model, posterior: xr.Dataset, *, likelihood_potentia
     missing = [n for n in names if n not in posterior]
     if missing:
         raise ValueError(f"the posterior lacks the model's free variables {missing}")
-    for rv in model.free_RVs:
-        # the variable's own (constrained) shape: a transform may change the value's (zero-sum: n - 1)
-        want = tuple(int(x) for x in rv.shape.eval())
+    # the variables' own (constrained) shapes, one compiled function for all: a transform may change the
+    # value's shape (zero-sum: n - 1)
+    import pytensor
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        shapes = pytensor.function([], [rv.shape for rv in model.free_RVs], on_unused_input="ignore")()
+    for rv, shape in zip(model.free_RVs, shapes):
+        want = tuple(int(x) for x in shape)
         got = posterior[rv.name].shape[2:]
         if tuple(got) != tuple(want):
             raise ValueError(f"{rv.name}: posterior shape {tuple(got)} differs from the model's {tuple(want)}")

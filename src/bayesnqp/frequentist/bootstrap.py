@@ -178,6 +178,15 @@ def summarise(draws: pd.DataFrame, *, seed: int, extra: dict[str, Any] | None = 
             **(extra or {})}
 
 
+# Oracle ids whose estimator the bootstrap re-solves (robustness variants change the data, not the
+# estimator, and have no Bayesian counterpart).
+COVERED = ("table3_col", "table4_", "hetero_", "iv_2sls")
+
+
+def covers(result_id: str) -> bool:
+    return str(result_id).startswith(COVERED)
+
+
 def _regressors(result: Any) -> list[str]:
     return [t for t in result.coefs.index if t != "constant"]
 

@@ -52,7 +52,7 @@ def _with_bootstrap(ctx: RunContext, analysis_id: str, results: list[AnalysisRes
     """The oracles with ``extra["bootstrap"]`` (city-level Bayesian bootstrap) where their kind is covered.
     One Dirichlet draw over all cities, seeded by the run, serves every oracle. A failure is recorded
     under ``<family>_bootstrap`` and leaves the oracles as they were."""
-    if not results:
+    if not any(bb.covers(x.id) for x in results):
         return results
     if ctx.bootstrap_weights is None:
         cities = sorted(ctx.study.frame.index.get_level_values(0).astype(str).unique())
