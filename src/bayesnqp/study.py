@@ -29,7 +29,7 @@ from .data.intake import StudyData, load_study
 from .errors import ConvergenceError, InputError, Problem
 from .report.html import ReportBuilder
 from .results import json_safe
-from .staging import InterruptGuard, clean_stale, private_tempdir, replace_folder, staging_path
+from .staging import InterruptGuard, clean_stale, mark_owner, private_tempdir, replace_folder, staging_path
 from .stages.context import RunContext
 from .stages.data import stage_data
 from .stages.bayesian import (
@@ -130,6 +130,7 @@ def run_study(data: str | Path | None, config_path: str | Path | None, options: 
         scope.enter_context(single_threaded_blas())
         scope.enter_context(private_tempdir())
         (staging / "fits").mkdir(parents=True)
+        mark_owner(staging)
         report = ReportBuilder(staging, title=title, synthetic=study.synthetic, meta=meta)
         ctx = RunContext(study=study, settings=settings, report=report, out=staging, summary=summary,
                          progress=checked_progress)
