@@ -173,7 +173,7 @@ def run_info(started: float) -> dict[str, Any]:
     """When and with what the run was made: kept out of summary.json so the results stay byte-identical."""
     from importlib.metadata import PackageNotFoundError, version
 
-    libraries = {}
+    libraries: dict[str, str | None] = {}
     for name in ("numpy", "scipy", "pandas", "pymc", "pytensor", "nutpie", "numba", "arviz", "pyfixest"):
         try:
             libraries[name] = version(name)
