@@ -176,6 +176,7 @@ def test_two_identical_no_bayes_runs_write_byte_identical_summaries(tmp_path):
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         summaries.append((out / "summary.json").read_bytes())
+        assert not (out / ".owner").exists()  # the staging marker stays behind the swap
         info = json.loads((out / "run.json").read_text())
         assert info["hash_randomization"] == 0 and "generated_at" in info
     assert summaries[0] == summaries[1]
@@ -401,8 +402,9 @@ def test_an_interrupt_swallowed_by_a_library_stops_the_run_at_the_next_step(tmp_
 
 
 def test_clean_stale_restores_an_output_orphaned_between_the_two_renames(tmp_path):
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead, dead_elsewhere = (subprocess.Popen([sys.executable, "-c", "pass"]) for _ in range(2))
     dead.wait()
+    dead_elsewhere.wait()
     out = tmp_path / "out"
     old = tmp_path / f".out.old-{dead.pid}"
     old.mkdir()
@@ -413,7 +415,10 @@ def test_clean_stale_restores_an_output_orphaned_between_the_two_renames(tmp_pat
     live.mkdir()
     other = tmp_path / f".other.partial-{dead.pid}"
     other.mkdir()
+    remote = tmp_path / f".out.partial-{dead_elsewhere.pid}"  # a run on another machine sharing the folder
+    remote.mkdir()
+    (remote / ".owner").write_text("some-other-host\n")
     clean_stale(out)
     assert (out / "summary.json").read_text() == "{}"
     assert not old.exists() and not partial.exists()
-    assert live.exists() and other.exists()
+    assert live.exists() and other.exists() and remote.exists()

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -63,11 +64,28 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+OWNER_FILE = ".owner"  # inside a staging folder: the host that runs it (removed before the swap)
+
+
+def mark_owner(staging: Path) -> None:
+    """Record the host of the run in its staging folder: on a shared file system a process id says
+    nothing about a run on another machine, whose folder must not be taken for a dead one."""
+    (staging / OWNER_FILE).write_text(socket.gethostname() + "\n", encoding="utf-8")
+
+
+def _other_host(folder: Path) -> bool:
+    try:
+        host = (folder / OWNER_FILE).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return bool(host) and host != socket.gethostname()
+
+
 def clean_stale(out: Path) -> list[Path]:
     """Remove the staging folders of dead processes beside ``out``; restore an orphaned previous output.
 
-    Folders of live processes (a concurrent run into the same folder) are left alone. Returns what was
-    removed or restored.
+    Folders of live processes (a concurrent run into the same folder) and of runs on another host are
+    left alone. Returns what was removed or restored.
     """
     parent = out.parent
     if not parent.is_dir():
@@ -79,7 +97,7 @@ def clean_stale(out: Path) -> list[Path]:
         if not match or not entry.is_dir():
             continue
         pid = int(match.group(2))
-        if pid == os.getpid() or pid_alive(pid):
+        if pid == os.getpid() or pid_alive(pid) or _other_host(entry):
             continue
         if match.group(1) == "old" and not out.exists():
             entry.rename(out)  # killed between the two renames of the swap: the previous output comes back
@@ -92,6 +110,7 @@ def clean_stale(out: Path) -> list[Path]:
 def replace_folder(staging: Path, out: Path) -> None:
     """Move ``staging`` into place as ``out``, replacing a previous ``out`` (two renames, then a delete)."""
     old = _old_path(out)
+    (staging / OWNER_FILE).unlink(missing_ok=True)
     if out.exists():
         out.rename(old)
     staging.rename(out)

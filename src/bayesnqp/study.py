@@ -31,7 +31,7 @@ from .report.html import ReportBuilder
 from .checks.flags import records as flag_records
 from .report.overview import finish_report
 from .results import json_safe
-from .staging import InterruptGuard, clean_stale, private_tempdir, replace_folder, staging_path
+from .staging import InterruptGuard, clean_stale, mark_owner, private_tempdir, replace_folder, staging_path
 from .stages.context import RunContext
 from .stages.data import stage_data
 from .stages.bayesian import (
@@ -132,6 +132,7 @@ def run_study(data: str | Path | None, config_path: str | Path | None, options: 
         scope.enter_context(single_threaded_blas())
         scope.enter_context(private_tempdir())
         (staging / "fits").mkdir(parents=True)
+        mark_owner(staging)
         report = ReportBuilder(staging, title=title, synthetic=study.synthetic, meta=meta)
         ctx = RunContext(study=study, settings=settings, report=report, out=staging, summary=summary,
                          progress=checked_progress)
@@ -172,7 +173,7 @@ def run_info(started: float) -> dict[str, Any]:
     """When and with what the run was made: kept out of summary.json so the results stay byte-identical."""
     from importlib.metadata import PackageNotFoundError, version
 
-    libraries = {}
+    libraries: dict[str, str | None] = {}
     for name in ("numpy", "scipy", "pandas", "pymc", "pytensor", "nutpie", "numba", "arviz", "pyfixest"):
         try:
             libraries[name] = version(name)
