@@ -697,10 +697,13 @@ MATCH_NOTES = {
                "the posterior mean of beta reproduces the two-way within estimator."),
     "honest": ("Same mean structure as the two-way within estimator, with AR(1) errors within cities, "
                "city-specific error scales and random city slopes. It weights cities and years by their "
-               "estimated error covariance (a GLS-type estimate), so its posterior mean may differ from the "
-               "least-squares estimate by a fraction of a standard error (|z| up to about 0.5); its "
-               "interval is the honest one, comparable with the city-clustered SE (sd_ratio). The iid "
-               "rebuild (bayes_table3_col4_iid) reproduces the point estimate exactly."),
+               "modelled error covariance (like feasible GLS), so when the model holds its mean sits within "
+               "a fraction of a standard error of the least-squares estimate and its interval is narrower "
+               "only by the efficiency it gains. A larger |z| means the weighting changes the answer: the "
+               "city slopes or error scales vary with how much the treatment moves within each city, or the "
+               "treatment is measured with error (quasi-differencing attenuates more). The iid rebuild "
+               "(bayes_table3_col4_iid) reproduces the least-squares point estimate exactly, and the "
+               "bootstrap sd beside it is the design-based spread of that estimate."),
 }
 
 
