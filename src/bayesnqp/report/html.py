@@ -92,6 +92,7 @@ def tidy_text(text: str) -> str:
     text = re.sub(r"``([^`]+)``", r"\1", text)
     text = re.sub(r":(?:func|class|mod|meth|data):`~?([^`]+)`", r"\1", text)
     text = re.sub(r"`([^`]+)`", r"\1", text)
+    text = re.sub(r"(?:^|(?<=[\s:.]))\*\s+(?=[A-Za-z]{2,})", "", text)  # RST bullets ("* SAR / SDM: ...")
     # model-spec options are settings of models/*.toml, not of the study config
     text = re.sub(r"\boptions\.(\w+)", r"the model specification's '\1' setting", text)
     text = re.sub(r",? min BFMI nan", ", BFMI not available", text)

@@ -79,13 +79,18 @@ def all_flags(summary: dict[str, Any]) -> list[dict[str, str]]:
 
 # -- numbers -----------------------------------------------------------------------------------------
 def _num(x: Any, digits: int | None = None) -> str:
+    """Three significant digits by default; with ``digits`` fixed decimals (z, ratios: 0.002 stays 0.002)."""
     if x is None or not np.isfinite(x):
         return "n/a"
     x = float(x)
     if digits is None:
         digits = max(2, min(6, 2 - math.floor(math.log10(abs(x))))) if x != 0 else 2
+        out = f"{x:.{digits}f}"
+        return f"{x:.2e}" if x != 0 and float(out) == 0 else out
     out = f"{x:.{digits}f}"
-    return f"{x:.2e}" if x != 0 and float(out) == 0 else out
+    if x != 0 and float(out) == 0 and digits > 0:
+        out = f"{x:.{min(4, digits + 2)}f}"
+    return out[1:] if out.startswith("-") and float(out) == 0 else out
 
 
 def _post_row(result: Any, term: str) -> Any:
