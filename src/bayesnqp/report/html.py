@@ -176,7 +176,7 @@ class ReportBuilder:
                 if caption.startswith(pre):
                     rest = caption[len(pre):]
                     caption = f"{title}: {rest[:1].upper() + rest[1:]}" if title != gid else caption
-        caption = re.sub(r"\bppc\b", "PPC", caption)
+        caption = re.sub(r"\bppc\b", "PPC", caption, flags=re.I)
         return self.labels.text(caption)
 
     def _shared_note(self, section: Section, note: str) -> str:
@@ -450,6 +450,7 @@ def _tidy_figure(fig: Any, labels: Labels) -> None:
             new = re.sub(r"(?<![A-Za-z])agglomeration(?![A-Za-z])", labels.treatment, new)
         if new != old:
             t.set_text(new)
+    relayout = False
     for ax in fig.axes:
         legend = ax.get_legend()
         if legend is not None and legend.get_bbox_to_anchor() is not None and ax.get_xticks().size:
@@ -463,12 +464,17 @@ def _tidy_figure(fig: Any, labels: Labels) -> None:
                 and not ax.get_yticks().size):
             ax.set_ylabel("density", fontsize="small")
             ax.set_xlabel("standardised value" if "standardised" in suptitle else "value", fontsize="small")
+            relayout = True
         # a check's histogram panel ("skewness: p = 0.000") without axis labels
         m = re.match(r"^\s*([\w' ]+?)\s*:\s*p\s*=", ax.get_title())
         if m and not ax.get_xlabel() and any(True for _ in ax.patches):
             ax.set_xlabel(f"{m.group(1)} (bars: replicated data; line: observed)", fontsize="small")
-            if not ax.get_ylabel():
+            spec = ax.get_subplotspec()
+            if not ax.get_ylabel() and (spec is None or spec.is_first_col()):
                 ax.set_ylabel("replicated datasets", fontsize="small")
+            relayout = True
+    if relayout and fig.get_layout_engine() is None:  # room for the labels just added
+        fig.tight_layout()
 
 
 def _paper_markdown(title: str, frame: pd.DataFrame, note: str) -> str:
