@@ -30,10 +30,10 @@ from bayesnqp.bayes.result import BayesResult
 from bayesnqp.checks.agreement import agreement
 from bayesnqp.checks.diagnostics import diagnose, posterior_summary
 
-# Page height bound, px at 1280 px width with every model block folded. The overview (~1,000 px) plus the
-# data, frequentist and spatial sections (~9 tables each folded to at most 25 rows) measured ~12,000 px;
-# 20,000 leaves room for longer notes but fails if per-unit tables or unfolded dumps come back (one
-# 280-row table alone is ~8,000 px).
+# Page height bound, px at 1280 px width with every model block folded. This run measures ~9,500 px and
+# the full demo report (20 fits, --quick) ~14,500 px, against ~136,000 px before the overview, the folded
+# model blocks and the CSV-only per-city tables. 20,000 leaves room for longer notes but fails as soon as
+# per-unit tables or unfolded dumps come back: one 280-row table alone is ~8,000 px.
 MAX_PAGE_HEIGHT = 20_000
 
 
