@@ -154,6 +154,8 @@ def overview_html(ctx: Any, *, bayes_ran: bool, forest_img: str) -> str:
     roll = _rollup(ctx)
     flags = all_flags(ctx.summary)
     verdict, tone = _verdict(rows, roll, flags, labels, bayes_ran)
+    if roll.get("flagged") and ctx.summary.get("settings", {}).get("quick"):
+        verdict += " This was a --quick run (few draws): low ESS is expected; rerun without --quick before publishing."
     esc = html.escape
 
     head = ("<tr><th>model</th><th>frequentist estimate (SE)</th><th>posterior mean [94% HDI]</th>"
