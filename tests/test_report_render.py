@@ -40,7 +40,7 @@ MAX_PAGE_HEIGHT = 20_000
 def _tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        if os.environ.get("CI", "").lower() == "true":
+        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
             pytest.fail(f"{name} is not installed (CI installs it with apt-get; see .ci/run)")
         pytest.skip(f"{name} not installed; install it to run this check (apt-get install "
                     f"{'chromium' if name == 'chromium' else 'texlive-latex-base texlive-latex-recommended texlive-latex-extra'})")
