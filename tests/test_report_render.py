@@ -197,6 +197,9 @@ def test_per_city_outputs_are_csv_and_plots_not_page_dumps(report_dir):
     assert "the same value" in page  # the degenerate table is one sentence, not 280 rows
     assert page.count("<tr>") < 1500
     assert "options.mundlak" not in page and "``" not in page
+    nav = page[page.index('<nav class="toc"'):page.index("</nav>")]
+    anchors = re.findall(r'id="((?:tbl|fig)-[^"]+|bayes_[a-z0-9_]+)"', page)
+    assert anchors and all(f'href="#{a}"' in nav for a in anchors), [a for a in anchors if f'href="#{a}"' not in nav]
     assert "Paper, column (4)" in page  # the demo is the paper's design
 
 

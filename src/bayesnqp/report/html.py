@@ -427,7 +427,7 @@ class ReportBuilder:
         sections = [s for s in self.sections if not s.hidden and s.blocks]
         page = env.from_string(_TEMPLATE).render(
             title=html.escape(self.title), banner=SYNTHETIC_BANNER if self.synthetic else "",
-            overview=self.overview_html, toc=_toc(sections), body="\n".join(_section_html(s) for s in sections),
+            overview=self.overview_html, toc=_toc(sections, forest="fig-forest_key_effect" in self.overview_html), body="\n".join(_section_html(s) for s in sections),
             meta={k: html.escape(str(v)) for k, v in self.meta.items()},
             generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), script=_SCRIPT, style=_STYLE)
         path = self.out / "index.html"
@@ -530,19 +530,30 @@ def _section_html(s: Section) -> str:
     return "\n".join(out)
 
 
-def _toc(sections: list[Section]) -> str:
+def _toc(sections: list[Section], *, forest: bool = True) -> str:
     items = []
     for s in sections:
         sub = []
-        for gid, title in s.groups.items():
-            sub.append(f'<li><a href="#{gid}">{html.escape(title)}</a></li>')
         for b in s.blocks:
             if b.anchor and b.group is None:
-                kind = "table" if b.kind == "table" else "figure"
-                sub.append(f'<li class="{kind}"><a href="#{b.anchor}">{html.escape(_short(b.title))}</a></li>')
+                sub.append(f'<li><a href="#{b.anchor}">{html.escape(_short(b.title))}</a></li>')
+        for gid, title in s.groups.items():
+            # every table and figure of a model too, folded under the model's entry
+            inner = "".join(f'<li><a href="#{b.anchor}">{html.escape(_short(_after_title(b.title, title)))}</a></li>'
+                            for b in s.blocks if b.anchor and b.group == gid)
+            sub.append(f'<li><details><summary><a href="#{gid}">{html.escape(title)}</a></summary>'
+                       f"<ul>{inner}</ul></details></li>" if inner else f'<li><a href="#{gid}">{html.escape(title)}</a></li>')
         inner = f"<ul>{''.join(sub)}</ul>" if sub else ""
         items.append(f'<li><a href="#{s.id}">{html.escape(s.title)}</a>{inner}</li>')
-    return '<ol><li><a href="#overview">Overview</a></li>' + "".join(items) + "</ol>"
+    overview = ('<li><a href="#overview">Overview</a><ul><li><a href="#flags">Flags</a></li>'
+                + ('<li><a href="#fig-forest_key_effect">The key effect in every model</a></li>' if forest else "")
+                + "</ul></li>")
+    return "<ol>" + overview + "".join(items) + "</ol>"
+
+
+def _after_title(caption: str, title: str) -> str:
+    """'<model title>: Posterior mean ...' -> 'Posterior mean ...' (the model is the entry above)."""
+    return caption[len(title) + 2:] if caption.startswith(title + ": ") else caption
 
 
 def _short(text: str, n: int = 60) -> str:
@@ -556,7 +567,7 @@ body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#2
 .layout{display:grid;grid-template-columns:250px minmax(0,1fr);gap:1.5em;max-width:1280px;margin:0 auto;padding:0 1em 3em}
 nav.toc{position:sticky;top:2.2em;align-self:start;max-height:calc(100vh - 2.6em);overflow-y:auto;font-size:.8em;padding-top:1em}
 nav.toc ol{padding-left:1.2em;margin:0} nav.toc ul{padding-left:1em;margin:.1em 0 .4em;list-style:none;color:#555}
-nav.toc li{margin:.1em 0} nav.toc a{color:#1f4f8a;text-decoration:none} nav.toc a:hover{text-decoration:underline}
+nav.toc li{margin:.1em 0} nav.toc details>summary{cursor:pointer} nav.toc details ul{font-size:.95em} nav.toc a{color:#1f4f8a;text-decoration:none} nav.toc a:hover{text-decoration:underline}
 main{min-width:0}
 h1{margin:.5em 0 .2em;font-size:1.5em} h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:1.8em;font-size:1.25em}
 h2 a.top{font-size:.6em;font-weight:400;float:right;color:#777}
