@@ -427,7 +427,8 @@ class ReportBuilder:
         sections = [s for s in self.sections if not s.hidden and s.blocks]
         page = env.from_string(_TEMPLATE).render(
             title=html.escape(self.title), banner=SYNTHETIC_BANNER if self.synthetic else "",
-            overview=self.overview_html, toc=_toc(sections, forest="fig-forest_key_effect" in self.overview_html), body="\n".join(_section_html(s) for s in sections),
+            overview=self.overview_html, toc=_toc(sections, forest="fig-forest_key_effect" in self.overview_html),
+            body="\n".join(_section_html(s) for s in sections),
             meta={k: html.escape(str(v)) for k, v in self.meta.items()},
             generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), script=_SCRIPT, style=_STYLE)
         path = self.out / "index.html"
@@ -541,8 +542,9 @@ def _toc(sections: list[Section], *, forest: bool = True) -> str:
             # every table and figure of a model too, folded under the model's entry
             inner = "".join(f'<li><a href="#{b.anchor}">{html.escape(_short(_after_title(b.title, title)))}</a></li>'
                             for b in s.blocks if b.anchor and b.group == gid)
-            sub.append(f'<li><details><summary><a href="#{gid}">{html.escape(title)}</a></summary>'
-                       f"<ul>{inner}</ul></details></li>" if inner else f'<li><a href="#{gid}">{html.escape(title)}</a></li>')
+            link = f'<a href="#{gid}">{html.escape(title)}</a>'
+            sub.append(f"<li><details><summary>{link}</summary><ul>{inner}</ul></details></li>" if inner
+                       else f"<li>{link}</li>")
         inner = f"<ul>{''.join(sub)}</ul>" if sub else ""
         items.append(f'<li><a href="#{s.id}">{html.escape(s.title)}</a>{inner}</li>')
     overview = ('<li><a href="#overview">Overview</a><ul><li><a href="#flags">Flags</a></li>'

@@ -142,7 +142,8 @@ def _rollup(ctx: Any) -> dict[str, Any]:
         return fn(v) if v else float("nan")
 
     return {"n": len(ds), "max_r_hat": ext([d.max_r_hat for d in ds], max),
-            "min_ess_bulk": ext([d.min_ess_bulk for d in ds], min), "min_ess_tail": ext([d.min_ess_tail for d in ds], min),
+            "min_ess_bulk": ext([d.min_ess_bulk for d in ds], min),
+            "min_ess_tail": ext([d.min_ess_tail for d in ds], min),
             "divergences": int(sum(int(d.divergences) for d in ds)),
             "min_bfmi": ext([d.min_bfmi for d in ds], min), "flagged": sum(not d.ok for d in ds)}
 
