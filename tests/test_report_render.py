@@ -231,3 +231,41 @@ def test_tables_tex_compiles(report_dir, tmp_path):
     assert all(x < 20 for x in too_wide), too_wide  # no table runs off the page
     assert (work / "tables.pdf").stat().st_size > 10_000
     assert "¡" not in proc.stdout
+
+
+def test_spatial_maps_and_a_near_constant_effect(tmp_path, monkeypatch):
+    """The spatial stage's report: an effect that varies gets a map centred at 0; a near-constant one a
+    sentence instead of a one-colour map; text after the models stays outside their blocks."""
+    import bayesnqp.bayes.spatial as bsp
+    import bayesnqp.checks.spatial as csp
+    from bayesnqp.stages.spatial import stage_spatial_bayes
+
+    def stage(ctx):
+        def fake_sdm(frame, controls, w, s, oracle, model="sdm"):
+            r = fake_fit(ctx, f"bayes_{model}", beta=0.0114, sd=0.0005, oracle_id="sdm_ml")
+            cities = ctx.study.cities
+            flat = pd.DataFrame({"mean": 0.0114 + np.linspace(0, 1e-5, len(cities)), "ci_low": 0.010,
+                                 "ci_high": 0.013}, index=cities)
+            varied = flat.assign(mean=np.linspace(-0.01, 0.002, len(cities)))
+            r.tables.clear()
+            r.tables.update({f"{k}_effect_agglomeration": t.assign(ci_width=t.ci_high - t.ci_low)
+                             for k, t in (("direct", flat), ("indirect", varied))})
+            return r
+
+        monkeypatch.setattr(bsp, "fit_car", lambda *a, **k: None)
+        monkeypatch.setattr(bsp, "fit_sdm", fake_sdm)
+        monkeypatch.setattr(csp, "ppc_moran", lambda *a, **k: None)
+        monkeypatch.setattr(csp, "spatial_compare", lambda *a, **k: None)
+        stage_spatial_bayes(ctx)
+
+    monkeypatch.setattr(study, "STAGES", [s for s in study.STAGES if s[1] not in study.BAYES_STAGES]
+                        + [("spatial", stage)])
+    out = study.run_study(None, None, study.RunOptions(out=tmp_path / "out", quick=True))
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "figures/map_sdm_indirect.png" in page and "figures/map_sdm_direct.png" not in page
+    assert "The SDM direct effect of agglomeration is nearly the same in every city" in page
+    spatial = page[page.index('<section id="bayes_spatial">'):]
+    last_block = spatial.rindex("</details>")
+    assert spatial.index("admissible in (1/lambda_min, 1)") > last_block  # the rho sentence is the section's
+    tex = (out / "tables" / "bayes_spatial_paper.tex").read_text(encoding="utf-8")
+    assert "SDM" in tex and "SLX" in tex and r"\caption{Spatial models, Bayesian" in tex
