@@ -87,3 +87,25 @@ def test_a_non_city_panel_reads_in_the_users_words(tmp_path, labels):
     assert s["labels"]["unit"] == unit and s["labels"]["paper"] is False
     assert "robustness_no_municipalities" not in s["analyses"]
     assert not any(k.startswith("paper_") for row in s["descriptives"].values() for k in row)
+
+
+def test_bayesian_blocks_speak_the_users_words_too(tmp_path, monkeypatch):
+    import bayesnqp.study as study
+    from test_report_render import fake_bayes_stage
+
+    frame = own_panel()
+    data = tmp_path / "people.parquet"
+    frame.to_parquet(data, index=False)
+    (tmp_path / "ring.csv").write_text(
+        "from,to\n" + "\n".join(f"county-{i:02d},county-{(i + 1) % 20:02d}" for i in range(20)) + "\n")
+    cfg = tmp_path / "study.toml"
+    cfg.write_text(BASE + '[labels]\nunit = "district"\noutcome = "log sales"\ntreatment = "broadband share"\n')
+    monkeypatch.setattr(study, "STAGES", [s for s in study.STAGES if s[1] not in study.BAYES_STAGES]
+                        + [("drawn posteriors", fake_bayes_stage)])
+    out = study.run_study(data, cfg, study.RunOptions(out=tmp_path / "out", quick=True))
+    page = (out / "index.html").read_text(encoding="utf-8")
+    text = _visible(page)
+    for word in (r"\bcity\b", r"\bcities\b", r"\bnqp\b", r"\bpaper\b", r"\bagglomeration\b", r"Table 3"):
+        hits = [text[max(0, m.start() - 60):m.end() + 40] for m in re.finditer(word, text, re.I)]
+        assert not hits, (word, hits[:3])
+    assert 'class="model"' in page and "District effects" in text  # the per-unit caterpillar, relabelled

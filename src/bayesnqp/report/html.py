@@ -92,6 +92,7 @@ def tidy_text(text: str) -> str:
     text = re.sub(r"``([^`]+)``", r"\1", text)
     text = re.sub(r":(?:func|class|mod|meth|data):`~?([^`]+)`", r"\1", text)
     text = re.sub(r"`([^`]+)`", r"\1", text)
+    text = re.sub(r"(?:^|(?<=[\s:.]))\*\s+(?=[A-Za-z]{2,})", "", text)  # RST bullets ("* SAR / SDM: ...")
     # model-spec options are settings of models/*.toml, not of the study config
     text = re.sub(r"\boptions\.(\w+)", r"the model specification's '\1' setting", text)
     text = re.sub(r",? min BFMI nan", ", BFMI not available", text)
@@ -175,7 +176,7 @@ class ReportBuilder:
                 if caption.startswith(pre):
                     rest = caption[len(pre):]
                     caption = f"{title}: {rest[:1].upper() + rest[1:]}" if title != gid else caption
-        caption = re.sub(r"\bppc\b", "PPC", caption)
+        caption = re.sub(r"\bppc\b", "PPC", caption, flags=re.I)
         return self.labels.text(caption)
 
     def _shared_note(self, section: Section, note: str) -> str:
@@ -426,7 +427,8 @@ class ReportBuilder:
         sections = [s for s in self.sections if not s.hidden and s.blocks]
         page = env.from_string(_TEMPLATE).render(
             title=html.escape(self.title), banner=SYNTHETIC_BANNER if self.synthetic else "",
-            overview=self.overview_html, toc=_toc(sections), body="\n".join(_section_html(s) for s in sections),
+            overview=self.overview_html, toc=_toc(sections, forest="fig-forest_key_effect" in self.overview_html),
+            body="\n".join(_section_html(s) for s in sections),
             meta={k: html.escape(str(v)) for k, v in self.meta.items()},
             generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), script=_SCRIPT, style=_STYLE)
         path = self.out / "index.html"
@@ -449,6 +451,7 @@ def _tidy_figure(fig: Any, labels: Labels) -> None:
             new = re.sub(r"(?<![A-Za-z])agglomeration(?![A-Za-z])", labels.treatment, new)
         if new != old:
             t.set_text(new)
+    relayout = False
     for ax in fig.axes:
         legend = ax.get_legend()
         if legend is not None and legend.get_bbox_to_anchor() is not None and ax.get_xticks().size:
@@ -462,12 +465,17 @@ def _tidy_figure(fig: Any, labels: Labels) -> None:
                 and not ax.get_yticks().size):
             ax.set_ylabel("density", fontsize="small")
             ax.set_xlabel("standardised value" if "standardised" in suptitle else "value", fontsize="small")
+            relayout = True
         # a check's histogram panel ("skewness: p = 0.000") without axis labels
         m = re.match(r"^\s*([\w' ]+?)\s*:\s*p\s*=", ax.get_title())
         if m and not ax.get_xlabel() and any(True for _ in ax.patches):
             ax.set_xlabel(f"{m.group(1)} (bars: replicated data; line: observed)", fontsize="small")
-            if not ax.get_ylabel():
+            spec = ax.get_subplotspec()
+            if not ax.get_ylabel() and (spec is None or spec.is_first_col()):
                 ax.set_ylabel("replicated datasets", fontsize="small")
+            relayout = True
+    if relayout and fig.get_layout_engine() is None:  # room for the labels just added
+        fig.tight_layout()
 
 
 def _paper_markdown(title: str, frame: pd.DataFrame, note: str) -> str:
@@ -523,19 +531,31 @@ def _section_html(s: Section) -> str:
     return "\n".join(out)
 
 
-def _toc(sections: list[Section]) -> str:
+def _toc(sections: list[Section], *, forest: bool = True) -> str:
     items = []
     for s in sections:
         sub = []
-        for gid, title in s.groups.items():
-            sub.append(f'<li><a href="#{gid}">{html.escape(title)}</a></li>')
         for b in s.blocks:
             if b.anchor and b.group is None:
-                kind = "table" if b.kind == "table" else "figure"
-                sub.append(f'<li class="{kind}"><a href="#{b.anchor}">{html.escape(_short(b.title))}</a></li>')
+                sub.append(f'<li><a href="#{b.anchor}">{html.escape(_short(b.title))}</a></li>')
+        for gid, title in s.groups.items():
+            # every table and figure of a model too, folded under the model's entry
+            inner = "".join(f'<li><a href="#{b.anchor}">{html.escape(_short(_after_title(b.title, title)))}</a></li>'
+                            for b in s.blocks if b.anchor and b.group == gid)
+            link = f'<a href="#{gid}">{html.escape(title)}</a>'
+            sub.append(f"<li><details><summary>{link}</summary><ul>{inner}</ul></details></li>" if inner
+                       else f"<li>{link}</li>")
         inner = f"<ul>{''.join(sub)}</ul>" if sub else ""
         items.append(f'<li><a href="#{s.id}">{html.escape(s.title)}</a>{inner}</li>')
-    return '<ol><li><a href="#overview">Overview</a></li>' + "".join(items) + "</ol>"
+    overview = ('<li><a href="#overview">Overview</a><ul><li><a href="#flags">Flags</a></li>'
+                + ('<li><a href="#fig-forest_key_effect">The key effect in every model</a></li>' if forest else "")
+                + "</ul></li>")
+    return "<ol>" + overview + "".join(items) + "</ol>"
+
+
+def _after_title(caption: str, title: str) -> str:
+    """'<model title>: Posterior mean ...' -> 'Posterior mean ...' (the model is the entry above)."""
+    return caption[len(title) + 2:] if caption.startswith(title + ": ") else caption
 
 
 def _short(text: str, n: int = 60) -> str:
@@ -549,7 +569,7 @@ body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#2
 .layout{display:grid;grid-template-columns:250px minmax(0,1fr);gap:1.5em;max-width:1280px;margin:0 auto;padding:0 1em 3em}
 nav.toc{position:sticky;top:2.2em;align-self:start;max-height:calc(100vh - 2.6em);overflow-y:auto;font-size:.8em;padding-top:1em}
 nav.toc ol{padding-left:1.2em;margin:0} nav.toc ul{padding-left:1em;margin:.1em 0 .4em;list-style:none;color:#555}
-nav.toc li{margin:.1em 0} nav.toc a{color:#1f4f8a;text-decoration:none} nav.toc a:hover{text-decoration:underline}
+nav.toc li{margin:.1em 0} nav.toc details>summary{cursor:pointer} nav.toc details ul{font-size:.95em} nav.toc a{color:#1f4f8a;text-decoration:none} nav.toc a:hover{text-decoration:underline}
 main{min-width:0}
 h1{margin:.5em 0 .2em;font-size:1.5em} h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:1.8em;font-size:1.25em}
 h2 a.top{font-size:.6em;font-weight:400;float:right;color:#777}

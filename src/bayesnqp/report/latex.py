@@ -23,12 +23,14 @@ PREAMBLE = r"""% Packages the tables need (add them to your paper's preamble):
 %   threeparttable  the note under each table (tablenotes), as wide as the table
 %   graphicx        \resizebox for tables wider than the text (their note is a paragraph below)
 %   longtable       tables longer than a page
-%   pdflscape       optional: wrap a wide table in \begin{landscape} ... \end{landscape}
+%   array           wrapped columns of long, wide tables
+%   pdflscape       long tables wider than the text are set on a landscape page
 % Chinese names are written in pinyin, so pdflatex suffices (no xeCJK needed).
 \usepackage{booktabs}
 \usepackage{threeparttable}
 \usepackage{graphicx}
 \usepackage{longtable}
+\usepackage{array}
 \usepackage{pdflscape}
 """
 
@@ -134,14 +136,21 @@ class LatexTable:
         note = escape(self.note) if self.note else ""
         wide = ncols > WIDE_COLUMNS or _longest(cells, self.show_index) * ncols > 110
         if len(cells) > LONG_ROWS:
-            lines = [r"{\scriptsize", rf"\begin{{longtable}}{{{align}}}",
+            # a long and wide table turns the page (pdflscape) and wraps its cells in equal columns: a
+            # longtable cannot be scaled like a float
+            if wide:
+                # equal shares of the page less the column gaps (2 x 3pt each)
+                width = rf"\dimexpr(\linewidth-{6 * ncols}pt)/{ncols}\relax"
+                align = (r">{\raggedright\arraybackslash}" + f"p{{{width}}}") * ncols
+            lines = [r"\begin{landscape}" if wide else "", r"{\scriptsize",
+                     r"\setlength{\tabcolsep}{3pt}" if wide else "", rf"\begin{{longtable}}{{{align}}}",
                      rf"\caption{{{caption}}}\label{{{self.label}}} \\", r"\toprule", " & ".join(head) + r" \\",
                      r"\midrule", r"\endfirsthead", r"\toprule", " & ".join(head) + r" \\", r"\midrule",
                      r"\endhead", *body, r"\bottomrule"]
             if note:
                 lines.append(rf"\multicolumn{{{ncols}}}{{p{{0.9\linewidth}}}}{{\footnotesize Note: {note}}} \\")
-            lines += [r"\end{longtable}", "}"]
-            return "\n".join(lines) + "\n"
+            lines += [r"\end{longtable}", "}", r"\end{landscape}" if wide else ""]
+            return "\n".join(x for x in lines if x) + "\n"
         tabular = [rf"\begin{{tabular}}{{{align}}}", r"\toprule", " & ".join(head) + r" \\", r"\midrule",
                    *body, r"\bottomrule", r"\end{tabular}"]
         if wide:

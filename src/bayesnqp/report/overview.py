@@ -79,13 +79,18 @@ def all_flags(summary: dict[str, Any]) -> list[dict[str, str]]:
 
 # -- numbers -----------------------------------------------------------------------------------------
 def _num(x: Any, digits: int | None = None) -> str:
+    """Three significant digits by default; with ``digits`` fixed decimals (z, ratios: 0.002 stays 0.002)."""
     if x is None or not np.isfinite(x):
         return "n/a"
     x = float(x)
     if digits is None:
         digits = max(2, min(6, 2 - math.floor(math.log10(abs(x))))) if x != 0 else 2
+        out = f"{x:.{digits}f}"
+        return f"{x:.2e}" if x != 0 and float(out) == 0 else out
     out = f"{x:.{digits}f}"
-    return f"{x:.2e}" if x != 0 and float(out) == 0 else out
+    if x != 0 and float(out) == 0 and digits > 0:
+        out = f"{x:.{min(4, digits + 2)}f}"
+    return out[1:] if out.startswith("-") and float(out) == 0 else out
 
 
 def _post_row(result: Any, term: str) -> Any:
@@ -137,7 +142,8 @@ def _rollup(ctx: Any) -> dict[str, Any]:
         return fn(v) if v else float("nan")
 
     return {"n": len(ds), "max_r_hat": ext([d.max_r_hat for d in ds], max),
-            "min_ess_bulk": ext([d.min_ess_bulk for d in ds], min), "min_ess_tail": ext([d.min_ess_tail for d in ds], min),
+            "min_ess_bulk": ext([d.min_ess_bulk for d in ds], min),
+            "min_ess_tail": ext([d.min_ess_tail for d in ds], min),
             "divergences": int(sum(int(d.divergences) for d in ds)),
             "min_bfmi": ext([d.min_bfmi for d in ds], min), "flagged": sum(not d.ok for d in ds)}
 
@@ -149,6 +155,8 @@ def overview_html(ctx: Any, *, bayes_ran: bool, forest_img: str) -> str:
     roll = _rollup(ctx)
     flags = all_flags(ctx.summary)
     verdict, tone = _verdict(rows, roll, flags, labels, bayes_ran)
+    if roll.get("flagged") and ctx.summary.get("settings", {}).get("quick"):
+        verdict += " This was a --quick run (few draws): low ESS is expected; rerun without --quick before publishing."
     esc = html.escape
 
     head = ("<tr><th>model</th><th>frequentist estimate (SE)</th><th>posterior mean [94% HDI]</th>"

@@ -171,11 +171,21 @@ def stage_spatial_bayes(ctx: RunContext) -> None:
                     else f"{kind}_effect_agglomeration"
                 if key in sdm.tables:
                     t = sdm.tables[key]
+                    vals = t["mean"].astype(float)
+                    level = float(vals.abs().max())
+                    if level == 0 or float(vals.max() - vals.min()) <= 0.05 * level:
+                        # one colour over the whole map says nothing a sentence cannot
+                        report.text(sec, f"The SDM {kind} effect of {report.labels.treatment} is nearly the same "
+                                         f"in every {report.labels.unit} ({vals.min():.4g} to {vals.max():.4g}), so "
+                                         "no map is drawn; the values are in the per-unit CSV above.")
+                        continue
+                    lab = report.labels
                     report.figure(sec, f"map_sdm_{kind}",
-                                  map_pair(t["mean"], t["ci_width"], f"SDM {kind} effect of {report.labels.treatment} by {report.labels.unit}",
+                                  map_pair(t["mean"], t["ci_width"],
+                                           f"SDM {kind} effect of {lab.treatment} by {lab.unit}",
                                            f"{kind} effect", effect=True),
-                                  f"Each {report.labels.unit}'s {kind} effect of {report.labels.treatment} on {report.labels.outcome}: posterior mean and "
-                                  "94% interval width")
+                                  f"Each {lab.unit}'s {kind} effect of {lab.treatment} on {lab.outcome}: posterior "
+                                  "mean and 94% interval width")
     if fits:
         checked = dict(fits)
         fitted = {}
