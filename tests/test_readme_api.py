@@ -53,7 +53,8 @@ def test_the_readme_python_block_runs(tmp_path):
     out = done.stdout
     assert out.count("agglomeration") >= 4, out  # two tidy rows, the etable row, the agreement row
     assert "94% HDI" in out and "95% CI" in out
-    assert "| two-way FE" in out and "Bayesian (4)" in out
+    assert "| two-way FE" in out and "Bayesian (4)" in out and "iid rebuild" in out
+    assert "INFO:pymc" not in done.stderr  # the run's own progress lines, not PyMC's forward-sampling log
     assert "backend pdf" in out  # the run drew its figures off-screen and gave the backend back
     report = tmp_path / "reports" / "api_demo"
     assert (report / "index.html").is_file() and (report / "fits" / "bayes_table3_col4.nc").is_file()

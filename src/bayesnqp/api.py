@@ -63,7 +63,22 @@ def _backend_kept(use: str | None = None) -> Iterator[None]:
             else:
                 dict.__setitem__(matplotlib.rcParams, "backend", before)
                 if pyplot is not None and hasattr(pyplot, "_backend_mod"):
-                    pyplot._backend_mod = None  # resolved again (automatically) on the next figure
+                    setattr(pyplot, "_backend_mod", None)  # resolved again (automatically) on the next figure
+
+
+@contextmanager
+def _quiet_forward_sampling() -> Iterator[None]:
+    """PyMC logs every forward-sampling call at INFO; the run shows its own progress. Restored after."""
+    import logging
+
+    logger = logging.getLogger("pymc")
+    level = logger.level
+    if logger.getEffectiveLevel() < logging.WARNING:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _study_module() -> Any:
@@ -81,8 +96,8 @@ def load_study(data: str | os.PathLike[str] | None = None,
     from .config import StudyConfig, load_config
     from .data.intake import load_study as intake
 
-    cfg = config if isinstance(config, StudyConfig) else load_config(config)
-    return intake(data, cfg)
+    cfg = config if isinstance(config, StudyConfig) else load_config(None if config is None else Path(config))
+    return intake(None if data is None else Path(data), cfg)
 
 
 def _printer(start: float) -> Callable[[str], None]:
@@ -100,8 +115,9 @@ class StudyResults(Mapping[str, "Result"]):
     The tables, figures and fits of the report are built in a private folder that is removed when the
     object is closed or garbage-collected (``close()``, or use it as a context manager)."""
 
-    def __init__(self, ctx: RunContext, *, hard_exit_on_stuck_signal: bool = False):
+    def __init__(self, ctx: RunContext, *, started: float | None = None, hard_exit_on_stuck_signal: bool = False):
         self._ctx = ctx
+        self._started = time.time() if started is None else started
         self._hard_exit = hard_exit_on_stuck_signal
         self._finalizer = weakref.finalize(self, shutil.rmtree, str(ctx.out), True)
 
@@ -157,7 +173,7 @@ class StudyResults(Mapping[str, "Result"]):
         """What summary.json will hold."""
         from .results import json_safe
 
-        return json_safe({k: v for k, v in self._ctx.summary.items() if k != "_started"})
+        return json_safe(self._ctx.summary)
 
     @property
     def study(self) -> StudyData:
@@ -177,7 +193,8 @@ class StudyResults(Mapping[str, "Result"]):
         study = _study_module()
         target = Path(out) if out is not None else study.default_out(self._ctx.study)
         with _backend_kept(use="Agg"):
-            return study.publish(self._ctx, target, hard_exit_on_stuck_signal=self._hard_exit)
+            return study.publish(self._ctx, target, started=self._started,
+                                 hard_exit_on_stuck_signal=self._hard_exit)
 
     def close(self) -> None:
         """Remove the private build folder (the results in memory stay usable; ``write`` does not)."""
@@ -228,14 +245,15 @@ def run(study: StudyData | None = None, *, draws: int = 1000, tune: int = 1000, 
         build = Path(workdir)
         if build.exists():
             raise FileExistsError(f"workdir {build} exists; give a folder that does not")
-    with _backend_kept(use="Agg"):
+    started = time.time()
+    with _backend_kept(use="Agg"), _quiet_forward_sampling():
         try:
             ctx = mod.compute(data, options, build, show, only=only,
                               hard_exit_on_stuck_signal=_hard_exit_on_stuck_signal)
         finally:
             if workdir is None and not build.exists():
                 shutil.rmtree(build.parent, ignore_errors=True)
-    results = StudyResults(ctx, hard_exit_on_stuck_signal=_hard_exit_on_stuck_signal)
+    results = StudyResults(ctx, started=started, hard_exit_on_stuck_signal=_hard_exit_on_stuck_signal)
     if workdir is None:  # remove the temporary parent too
         results._finalizer.detach()
         results._finalizer = weakref.finalize(results, shutil.rmtree, str(build.parent), True)

@@ -192,7 +192,6 @@ def compute(study: StudyData, options: RunOptions, workdir: Path,
     Ctrl-C included, removes ``workdir``. Under ``options.strict`` a flag or failure raises
     ConvergenceError (and removes ``workdir``)."""
     selection = Selection.of(only)
-    started = time.time()
     settings = options.sampler_settings()
     summary = base_summary(study, options, settings, selection)
     title = "bayesnqp report: " + study.data_name
@@ -236,7 +235,6 @@ def compute(study: StudyData, options: RunOptions, workdir: Path,
         raise
     finally:
         scope.close()
-    ctx.summary.setdefault("_started", started)  # popped by publish(): run.json's elapsed time
     return ctx
 
 
@@ -246,10 +244,12 @@ def check_out(out: Path) -> None:
         raise InputError([Problem(str(out), "output path exists and is not a folder")])
 
 
-def publish(ctx: RunContext, out: Path, *, hard_exit_on_stuck_signal: bool = True) -> Path:
+def publish(ctx: RunContext, out: Path, *, started: float | None = None,
+            hard_exit_on_stuck_signal: bool = True) -> Path:
     """Write the run held in ``ctx`` as ``out``: its built folder is moved (or copied) to a hidden
     staging folder beside ``out``, summary.json, index.html and run.json are added, and the staging
-    folder is renamed into place. A failure or Ctrl-C leaves any previous ``out`` as it was."""
+    folder is renamed into place. A failure or Ctrl-C leaves any previous ``out`` as it was.
+    ``started``: when the run began (run.json's elapsed time)."""
     out = Path(out)
     check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -257,8 +257,7 @@ def publish(ctx: RunContext, out: Path, *, hard_exit_on_stuck_signal: bool = Tru
     staging = staging_path(out)
     source = Path(ctx.out)
     guard = (InterruptGuard if hard_exit_on_stuck_signal else _QuietGuard)(staging)
-    started = ctx.summary.get("_started", time.time())
-    summary = {k: v for k, v in ctx.summary.items() if k != "_started"}
+    summary = ctx.summary
     try:
         with guard.active():
             if source.resolve() != staging.resolve():
@@ -273,7 +272,8 @@ def publish(ctx: RunContext, out: Path, *, hard_exit_on_stuck_signal: bool = Tru
                 report.render()
             finally:
                 report.out = source
-            (staging / "run.json").write_text(json.dumps(run_info(started), indent=2), encoding="utf-8")
+            (staging / "run.json").write_text(json.dumps(run_info(time.time() if started is None else started),
+                                                         indent=2), encoding="utf-8")
             guard.check()
             with guard.critical():
                 replace_folder(staging, out)
@@ -295,9 +295,10 @@ def run_study(data: str | Path | None, config_path: str | Path | None, options: 
     check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(out)
+    started = time.time()
     ctx = compute(study, options, staging_path(out), progress)
     try:
-        return publish(ctx, out)
+        return publish(ctx, out, started=started)
     finally:
         shutil.rmtree(staging_path(out), ignore_errors=True)
 
