@@ -131,3 +131,44 @@ def test_fit_returns_one_frequentist_result_and_run_rejects_bad_settings(raw_csv
         bn.run(study, sampler="stan", progress=False)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         bn.run(study, draws=0, bayes=False, progress=False)
+
+
+def test_fit_reports_a_failed_analysis_with_its_message(raw_csv, monkeypatch):
+    import bayesnqp.study as study
+
+    def broken(ctx):
+        ctx.guarded("bayes_broken", lambda: 1 / 0)
+
+    monkeypatch.setattr(study, "STAGES", [study.STAGES[0], ("broken", broken)])
+    with pytest.raises(RuntimeError, match="bayes_broken: ZeroDivisionError"):
+        bn.fit(bn.load_study(raw_csv()), "bayes_broken", progress=False)
+
+
+def test_an_interrupt_swallowed_by_a_library_stops_an_api_run_without_ending_the_process(raw_csv, monkeypatch):
+    """In a notebook: the run stops at the next step with KeyboardInterrupt, its build folder is gone and
+    the signal handler is the notebook's again."""
+    import os
+    import signal
+    import time
+
+    import bayesnqp.study as study
+
+    reached = []
+
+    def swallowing(ctx):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        except KeyboardInterrupt:
+            pass  # what nutpie does: abort sampling, return partial draws
+
+    def later(ctx):
+        reached.append(True)
+
+    monkeypatch.setattr(study, "STAGES", [study.STAGES[0], ("swallowing", swallowing), ("later", later)])
+    before, handler = set(_leftovers()), signal.getsignal(signal.SIGINT)
+    study_data = bn.load_study(raw_csv())
+    with pytest.raises(KeyboardInterrupt):
+        bn.run(study_data, bayes=False, progress=False)
+    assert not reached and set(_leftovers()) == before
+    assert signal.getsignal(signal.SIGINT) is handler
