@@ -1,10 +1,12 @@
 """The study, stage by stage: data -> measures -> frequentist oracles -> Bayesian models -> checks -> report.
 
-``run_study`` validates everything before it writes anything, builds the report in a hidden sibling
-folder, and moves it into place only when the whole run has finished, so a failed, interrupted or killed
-run leaves no half-written output (``staging.py``). The numeric stages run with one BLAS thread and
-``summary.json`` holds results only (the time of the run goes to ``run.json``), so the same inputs give a
-byte-identical ``summary.json``. ``cli.py`` only parses arguments and calls this.
+``compute`` runs the stages (all, or those ``only=`` selects) into a build folder and returns the
+context with every result in memory; ``publish`` writes summary.json, index.html and run.json into a
+hidden staging folder beside the output and renames it into place, so a failed, interrupted or killed
+run leaves no half-written output (``staging.py``). Input is validated before anything runs. The numeric
+stages run with one BLAS thread and ``summary.json`` holds results only (the time of the run goes to
+``run.json``), so the same inputs give a byte-identical ``summary.json``. ``api.py`` is the public face
+of both; ``cli.py`` only parses arguments and calls it; ``run_study`` is compute + publish in one call.
 """
 
 from __future__ import annotations
