@@ -122,15 +122,11 @@ def run(
 ) -> None:
     """Run every analysis the data allow and write index.html, summary.json, tables/, figures/, fits/."""
     _quiet_library_warnings()
-    from .study import RunOptions, run_study
-
     from .bayes.sampling import SAMPLERS
 
     if sampler not in SAMPLERS:
         err.print(f"[bold red]error:[/] --sampler must be one of {', '.join(SAMPLERS)}, not {sampler!r}")
         raise typer.Exit(EXIT_INPUT)
-    options = RunOptions(out=out_dir, draws=draws, tune=tune, chains=chains, seed=seed, quick=quick,
-                         strict=strict, sampler=sampler, bayes=not no_bayes)
     start = time.perf_counter()
 
     with err.status("starting") as status:
@@ -140,7 +136,8 @@ def run(
             err.print(f"[dim][{elapsed:6.0f}s][/] {message}", highlight=False)
 
         try:
-            folder = run_study(data, config, options, progress)
+            folder = _run_and_write(data, config, out_dir, progress, draws=draws, tune=tune, chains=chains,
+                                    seed=seed, quick=quick, strict=strict, sampler=sampler, bayes=not no_bayes)
         except InputError as exc:
             status.stop()
             _fail_input(exc)
@@ -148,11 +145,33 @@ def run(
             status.stop()
             err.print(f"[bold red]strict mode:[/] {exc}", highlight=False, markup=False)
             raise typer.Exit(EXIT_STRICT) from None
-        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: staging already removed by run_study
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the staging folder is already removed
             status.stop()
             _fail_interrupted(exc)
     out.print(f"report: {folder / 'index.html'}", highlight=False)
     out.print(f"summary: {folder / 'summary.json'}", highlight=False)
+
+
+def _run_and_write(data: Path | None, config: Path | None, out_dir: Path | None,
+                   progress: Callable[[str], None], **options) -> Path:
+    """``load_study`` + ``run`` + ``write``, built straight in the hidden staging folder beside the output
+    (renamed into place at the end, removed on any failure or signal)."""
+    from . import api
+    from .staging import clean_stale, staging_path
+    from .study import check_out, default_out
+
+    progress("reading and validating the data")
+    study = api.load_study(data, config)
+    out_path = Path(out_dir) if out_dir is not None else default_out(study)
+    check_out(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(out_path)  # staging folders of runs that were killed; never those of a live run
+    results = api.run(study, progress=progress, workdir=staging_path(out_path), _hard_exit_on_stuck_signal=True,
+                      **options)
+    try:
+        return results.write(out_path)
+    finally:
+        results.close()
 
 
 @app.command()

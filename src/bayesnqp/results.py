@@ -16,6 +16,14 @@ import pandas as pd
 
 COEF_COLUMNS = ("estimate", "std_error", "statistic", "p_value", "ci_low", "ci_high")
 
+# ``tidy()`` of every result, frequentist and Bayesian alike: pyfixest's names where they fit. A
+# Bayesian row has the posterior mean and sd in Estimate / Std. Error, no t value or p-value, and its
+# HDI in conf_low / conf_high; ``interval`` says which interval the bounds are ("95% CI", "94% HDI").
+# r_hat and ess_bulk are NaN for a frequentist row.
+TIDY_COLUMNS = ("Estimate", "Std. Error", "t value", "Pr(>|t|)", "conf_low", "conf_high", "interval",
+                "r_hat", "ess_bulk")
+FREQUENTIST_INTERVAL = "95% CI"
+
 
 def json_safe(value: Any) -> Any:
     """Turn numpy scalars / arrays / NaN into plain JSON values (NaN -> None)."""
@@ -62,6 +70,28 @@ class AnalysisResult:
         missing = [c for c in COEF_COLUMNS if c not in self.coefs.columns]
         if missing:
             raise ValueError(f"{self.id}: coefs lacks columns {missing}")
+
+    @property
+    def idata(self) -> None:
+        """No posterior (present so that frequentist and Bayesian results read alike)."""
+        return None
+
+    @property
+    def diagnostics(self) -> None:
+        return None
+
+    @property
+    def agreement(self) -> None:
+        return None
+
+    def tidy(self) -> pd.DataFrame:
+        """One row per term (index ``Coefficient``), columns ``TIDY_COLUMNS``; the interval is the 95% CI."""
+        c = self.coefs
+        frame = pd.DataFrame({"Estimate": c["estimate"], "Std. Error": c["std_error"], "t value": c["statistic"],
+                              "Pr(>|t|)": c["p_value"], "conf_low": c["ci_low"], "conf_high": c["ci_high"],
+                              "interval": FREQUENTIST_INTERVAL, "r_hat": np.nan, "ess_bulk": np.nan},
+                             index=pd.Index([str(t) for t in c.index], name="Coefficient"))
+        return frame[list(TIDY_COLUMNS)]
 
     def term(self, name: str) -> pd.Series:
         return self.coefs.loc[name]

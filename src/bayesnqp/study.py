@@ -1,10 +1,12 @@
 """The study, stage by stage: data -> measures -> frequentist oracles -> Bayesian models -> checks -> report.
 
-``run_study`` validates everything before it writes anything, builds the report in a hidden sibling
-folder, and moves it into place only when the whole run has finished, so a failed, interrupted or killed
-run leaves no half-written output (``staging.py``). The numeric stages run with one BLAS thread and
-``summary.json`` holds results only (the time of the run goes to ``run.json``), so the same inputs give a
-byte-identical ``summary.json``. ``cli.py`` only parses arguments and calls this.
+``compute`` runs the stages (all, or those ``only=`` selects) into a build folder and returns the
+context with every result in memory; ``publish`` writes summary.json, index.html and run.json into a
+hidden staging folder beside the output and renames it into place, so a failed, interrupted or killed
+run leaves no half-written output (``staging.py``). Input is validated before anything runs. The numeric
+stages run with one BLAS thread and ``summary.json`` holds results only (the time of the run goes to
+``run.json``), so the same inputs give a byte-identical ``summary.json``. ``api.py`` is the public face
+of both; ``cli.py`` only parses arguments and calls it; ``run_study`` is compute + publish in one call.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import platform
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -27,14 +29,14 @@ from .bayes.sampling import SamplerSettings
 from .config import load_config
 from .data.intake import StudyData, load_study
 from .errors import ConvergenceError, InputError, Problem
-from .report.html import ReportBuilder
 from .checks.flags import records as flag_records
+from .report.html import ReportBuilder
 from .report.overview import finish_report
 from .results import json_safe
 from .staging import InterruptGuard, clean_stale, mark_owner, private_tempdir, replace_folder, staging_path
 from .stages.context import RunContext
 from .stages.data import stage_data
-from .stages.bayesian import (
+from .stages.bayesian import (  # noqa: I001
     stage_agreement,
     stage_bayes_groups,
     stage_bayes_iv,
@@ -88,20 +90,85 @@ BAYES_STAGES = {stage_bayes_panel, stage_bayes_groups, stage_bayes_iv, stage_bay
                 stage_agreement}
 
 
-def run_study(data: str | Path | None, config_path: str | Path | None, options: RunOptions,
-              progress: Callable[[str], None] = lambda msg: None) -> Path:
-    """Run every analysis the data allow; return the output folder. Raises InputError before writing."""
-    config = load_config(config_path)
-    progress("reading and validating the data")
-    study = load_study(data, config)
-    out = Path(options.out) if options.out is not None else default_out(study)
-    if out.exists() and not out.is_dir():
-        raise InputError([Problem(str(out), "output path exists and is not a folder")])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(out)  # staging folders of runs that were killed; never those of a live run
-    staging = staging_path(out)
-    started = time.time()
-    settings = options.sampler_settings()
+# Analyses a selection pulls in: the oracles a Bayesian model is compared with, and the fits a check reads.
+SPATIAL_FITS = ("bayes_car", "bayes_sdm", "bayes_sar", "bayes_sem", "bayes_slx", "bayes_table3_col4")
+DEPENDS: dict[str, tuple[str, ...]] = {
+    "bayes_table3": ("table3",), "bayes_re": ("table3",), "bayes_car": ("table3",),
+    "bayes_groups": ("heterogeneity",), "bayes_iv": ("iv_2sls",), "bayes_mediation": ("table4",),
+    "bayes_sdm": ("sdm_ml",), "bayes_sar": ("sdm_ml",), "bayes_sem": ("sdm_ml",), "bayes_slx": ("sdm_ml",),
+    "ppc_moran": SPATIAL_FITS, "bayes_spatial_compare": SPATIAL_FITS, "konfound": ("table3",),
+}
+# Families run as one step whose results carry other ids (summary.json ids on the right).
+FAMILY_IDS: dict[str, tuple[str, ...]] = {
+    "heterogeneity": ("hetero_",), "sdm_ml": ("sar_ml", "sem_ml", "slx_ols"),
+}
+# The analysis families of each stage (a stage none of whose families is selected is skipped whole).
+STAGE_FAMILIES: dict[Stage, tuple[str, ...]] = {
+    stage_frequentist: ("table3", "iv_2sls", "konfound", "robustness", "table4", "heterogeneity", "bootstrap"),
+    stage_spatial_frequentist: ("moran_agglomeration", "lm_spatial_tests", "sdm_ml"),
+    stage_bayes_panel: ("bayes_table3", "bayes_re", "bayes_likelihoods"),
+    stage_bayes_groups: ("bayes_groups", "bayes_province_slopes"),
+    stage_bayes_iv: ("bayes_iv",),
+    stage_bayes_mediation: ("bayes_mediation",),
+    stage_spatial_bayes: ("bayes_car", "bayes_sdm", "bayes_sar", "bayes_sem", "bayes_slx", "ppc_moran",
+                          "bayes_spatial_compare"),
+}
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which analyses a run computes. ``prefixes`` None: all. Otherwise an analysis runs when its id
+    starts with one of the prefixes, or is the step that produces such ids (``bayes_table3`` fits
+    ``bayes_table3_col4``), or is needed by a selected one (its oracle, the fits a check reads)."""
+
+    prefixes: tuple[str, ...] | None = None
+
+    @classmethod
+    def of(cls, only: Iterable[str] | str | None) -> "Selection":
+        if only is None:
+            return cls(None)
+        wanted = [only] if isinstance(only, str) else [str(x) for x in only]
+        if not wanted or any(not w for w in wanted):
+            raise ValueError("only= needs at least one non-empty analysis id prefix")
+        closed: list[str] = []
+        todo = list(wanted)
+        while todo:
+            item = todo.pop()
+            if item in closed:
+                continue
+            closed.append(item)
+            for key, needs in DEPENDS.items():
+                if key.startswith(item) or item.startswith(key):
+                    todo.extend(needs)
+        return cls(tuple(sorted(closed)))
+
+    def wants(self, analysis_id: str) -> bool:
+        if self.prefixes is None:
+            return True
+        ids = (analysis_id, *FAMILY_IDS.get(analysis_id, ()))
+        return any(a.startswith(p) or p.startswith(a if a.endswith("_") else a + "_") or p == a
+                   for a in ids for p in self.prefixes)
+
+    def runs_stage(self, stage: Stage) -> bool:
+        families = STAGE_FAMILIES.get(stage)
+        return self.prefixes is None or families is None or any(self.wants(f) for f in families)
+
+
+class _QuietGuard(InterruptGuard):
+    """The signal guard without the watchdog's hard exit: in a notebook a stuck interrupt must not kill
+    the kernel. Ctrl-C (or a kernel interrupt) still stops the run at the next step."""
+
+    def _watch(self, read_fd: int) -> None:
+        while True:
+            try:
+                if not os.read(read_fd, 1):
+                    return
+            except OSError:
+                return
+
+
+def base_summary(study: StudyData, options: RunOptions, settings: SamplerSettings,
+                 selection: Selection) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "bayesnqp_version": __version__,
         "data": {"source": study.source, "synthetic": study.synthetic, "n_cities": len(study.cities),
@@ -114,12 +181,27 @@ def run_study(data: str | Path | None, config_path: str | Path | None, options: 
                      "strict": options.strict, "bayes": options.bayes},
         "descriptives": {}, "index_weights": {}, "analyses": {}, "skipped": {}, "flagged": [], "failed": {},
     }
+    if selection.prefixes is not None:
+        summary["settings"]["only"] = list(selection.prefixes)
+    return summary
+
+
+def compute(study: StudyData, options: RunOptions, workdir: Path,
+            progress: Callable[[str], None] = lambda msg: None, *, only: Iterable[str] | str | None = None,
+            hard_exit_on_stuck_signal: bool = True) -> RunContext:
+    """Run the stages into ``workdir`` (a folder this run creates and owns: tables, figures and fits are
+    built there) and return the context holding every result. Nothing else is written. Any exception,
+    Ctrl-C included, removes ``workdir``. Under ``options.strict`` a flag or failure raises
+    ConvergenceError (and removes ``workdir``)."""
+    selection = Selection.of(only)
+    settings = options.sampler_settings()
+    summary = base_summary(study, options, settings, selection)
     title = "bayesnqp report: " + study.data_name
     meta = {"data": study.source, "cities x years": f"{len(study.cities)} x {len(study.years)}",
             "sampler": f"{settings.sampler}, {settings.chains} chains x {settings.draws} draws "
                        f"(+{settings.tune} tune), seed {settings.seed}" + (" [quick]" if options.quick else ""),
             "bayesnqp": __version__}
-    guard = InterruptGuard(staging)
+    guard = (InterruptGuard if hard_exit_on_stuck_signal else _QuietGuard)(workdir)
 
     def checked_progress(message: str) -> None:
         guard.check()  # a Ctrl-C swallowed inside a library (nutpie returns partial draws) stops the run here
@@ -131,34 +213,97 @@ def run_study(data: str | Path | None, config_path: str | Path | None, options: 
         scope.enter_context(guard.active())
         scope.enter_context(single_threaded_blas())
         scope.enter_context(private_tempdir())
-        (staging / "fits").mkdir(parents=True)
-        mark_owner(staging)
-        report = ReportBuilder(staging, title=title, synthetic=study.synthetic, meta=meta)
-        ctx = RunContext(study=study, settings=settings, report=report, out=staging, summary=summary,
-                         progress=checked_progress)
+        (workdir / "fits").mkdir(parents=True)
+        mark_owner(workdir)  # the CLI builds in the staging folder itself: a stale one is then recognised
+        report = ReportBuilder(workdir, title=title, synthetic=study.synthetic, meta=meta)
+        ctx = RunContext(study=study, settings=settings, report=report, out=workdir, summary=summary,
+                         progress=checked_progress, wants=selection.wants)
         for label, stage in STAGES:
             if not options.bayes and stage in BAYES_STAGES:
+                continue
+            if not selection.runs_stage(stage) or (stage is stage_agreement and not ctx.bayes
+                                                   and selection.prefixes is not None):
                 continue
             checked_progress(label)
             stage(ctx)
         summary["flagged"] = flag_records(ctx.flagged)
         finish_report(ctx, bayes_ran=options.bayes)  # overview box, flags, Bayesian paper tables, labels
-        (staging / "summary.json").write_text(json.dumps(json_safe(summary), indent=2, ensure_ascii=False),
-                                              encoding="utf-8")
-        report.render()
-        (staging / "run.json").write_text(json.dumps(run_info(started), indent=2), encoding="utf-8")
         guard.check()
         if options.strict and (ctx.flagged or ctx.failed):
             # every flag kind fails a strict run, not only convergence (failures are flags of kind "failed")
             raise ConvergenceError("--strict: " + "; ".join(str(f) for f in ctx.flagged))
-        with guard.critical():
-            replace_folder(staging, out)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
         raise
     finally:
         scope.close()
+    return ctx
+
+
+def check_out(out: Path) -> None:
+    """Refuse an output path that cannot become a folder (before anything runs)."""
+    if out.exists() and not out.is_dir():
+        raise InputError([Problem(str(out), "output path exists and is not a folder")])
+
+
+def publish(ctx: RunContext, out: Path, *, started: float | None = None,
+            hard_exit_on_stuck_signal: bool = True) -> Path:
+    """Write the run held in ``ctx`` as ``out``: its built folder is moved (or copied) to a hidden
+    staging folder beside ``out``, summary.json, index.html and run.json are added, and the staging
+    folder is renamed into place. A failure or Ctrl-C leaves any previous ``out`` as it was.
+    ``started``: when the run began (run.json's elapsed time)."""
+    out = Path(out)
+    check_out(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(out)  # staging folders of runs that were killed; never those of a live run
+    staging = staging_path(out)
+    source = Path(ctx.out)
+    guard = (InterruptGuard if hard_exit_on_stuck_signal else _QuietGuard)(staging)
+    summary = ctx.summary
+    try:
+        with guard.active():
+            if source.resolve() != staging.resolve():
+                if staging.exists():
+                    shutil.rmtree(staging)
+                shutil.copytree(source, staging)
+                mark_owner(staging)
+            report = ctx.report
+            report.out = staging
+            try:
+                (staging / "summary.json").write_text(
+                    json.dumps(json_safe(summary), indent=2, ensure_ascii=False), encoding="utf-8")
+                report.render()
+            finally:
+                report.out = source
+            (staging / "run.json").write_text(json.dumps(run_info(time.time() if started is None else started),
+                                                         indent=2), encoding="utf-8")
+            guard.check()
+            with guard.critical():
+                replace_folder(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return out
+
+
+def run_study(data: str | Path | None, config_path: str | Path | None, options: RunOptions,
+              progress: Callable[[str], None] = lambda msg: None) -> Path:
+    """Run every analysis the data allow and write the output folder; return it. Raises InputError
+    before writing. The command line's path: the run is built in the staging folder beside the output,
+    then renamed into place."""
+    config = load_config(config_path)
+    progress("reading and validating the data")
+    study = load_study(data, config)
+    out = Path(options.out) if options.out is not None else default_out(study)
+    check_out(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(out)
+    started = time.time()
+    ctx = compute(study, options, staging_path(out), progress)
+    try:
+        return publish(ctx, out, started=started)
+    finally:
+        shutil.rmtree(staging_path(out), ignore_errors=True)
 
 
 def single_threaded_blas() -> AbstractContextManager[Any]:

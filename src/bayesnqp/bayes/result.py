@@ -6,11 +6,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import re
+
 import arviz as az
+import numpy as np
 import pandas as pd
 
 from ..checks.diagnostics import CI_KIND, CI_PROB, Diagnostics
-from ..results import json_safe
+from ..results import TIDY_COLUMNS, json_safe
+
+_COEF_LABEL = re.compile(r"^beta\[(.+)\]$")
 
 
 @dataclass(frozen=True, eq=False)
@@ -33,6 +38,20 @@ class BayesResult:
     extra: dict[str, Any] = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     figures: dict[str, Any] = field(default_factory=dict)
+
+    def tidy(self) -> pd.DataFrame:
+        """One row per reported quantity (index ``Coefficient``), columns ``TIDY_COLUMNS``: posterior mean
+        and sd as Estimate and Std. Error, the HDI as conf_low / conf_high, r_hat and bulk ESS. A
+        regression coefficient ``beta[x]`` is named ``x``, as in the frequentist result it rebuilds."""
+        s = self.summary
+        terms = [(m.group(1) if (m := _COEF_LABEL.match(str(t))) else str(t)) for t in s.index]
+        frame = pd.DataFrame({"Estimate": s["mean"].to_numpy(float), "Std. Error": s["sd"].to_numpy(float),
+                              "t value": np.nan, "Pr(>|t|)": np.nan, "conf_low": s["ci_low"].to_numpy(float),
+                              "conf_high": s["ci_high"].to_numpy(float),
+                              "interval": f"{round(CI_PROB * 100)}% {CI_KIND.upper()}",
+                              "r_hat": s["r_hat"].to_numpy(float), "ess_bulk": s["ess_bulk"].to_numpy(float)},
+                             index=pd.Index(terms, name="Coefficient"))
+        return frame[list(TIDY_COLUMNS)]
 
     def save(self, folder: Path) -> Path:
         """Write the InferenceData as netCDF under ``folder`` (fits/<id>.nc)."""

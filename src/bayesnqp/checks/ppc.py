@@ -3,21 +3,18 @@ p-values, group means (per year) and mean residuals by group (per city).
 
 Pure numpy underneath (``*_values`` functions on arrays of shape (draws, n)); thin wrappers take an
 InferenceData with ``posterior_predictive`` and ``observed_data`` groups and return numbers or
-matplotlib Figures (Agg backend).
+matplotlib ``Figure`` objects (made without pyplot, so importing this module leaves the plotting
+backend alone).
 """
 
 from __future__ import annotations
 
 
 import arviz as az
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from scipy import stats  # noqa: E402
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from scipy import stats
 
 STATISTICS = ("mean", "sd", "skewness", "max", "min")
 
@@ -78,7 +75,8 @@ def density_overlay(idata: az.InferenceData, var: str, *, n_lines: int = 60, tit
     pick = rng.choice(rep.shape[0], size=min(n_lines, rep.shape[0]), replace=False)
     lo, hi = np.quantile(np.concatenate([obs, rep[pick].ravel()]), [0.001, 0.999])
     grid = np.linspace(lo, hi, 300)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     for i, s in enumerate(pick):
         ax.plot(grid, stats.gaussian_kde(rep[s])(grid), color="C0", alpha=0.15, lw=0.8,
                 label="replicated" if i == 0 else None)
@@ -95,7 +93,8 @@ def statistics_figure(idata: az.InferenceData, var: str, statistics: tuple[str, 
                       *, title: str = "") -> Figure:
     """Histograms of T(y_rep) with T(y) marked and the Bayesian p-value in the panel title."""
     rep, obs = draws_matrix(idata, var)
-    fig, axes = plt.subplots(1, len(statistics), figsize=(3.2 * len(statistics), 3))
+    fig = Figure(figsize=(3.2 * len(statistics), 3))
+    axes = fig.subplots(1, len(statistics))
     axes = np.atleast_1d(axes)
     for ax, name in zip(axes, statistics):
         t_rep = _stat(name, rep)
@@ -130,7 +129,8 @@ def group_means_figure(idata: az.InferenceData, var: str, groups: np.ndarray, *,
     rep, obs = draws_matrix(idata, var)
     table = group_means_values(rep, obs, groups)
     x = np.arange(len(table))
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     ax.errorbar(x, table["replicated_mean"], yerr=[table["replicated_mean"] - table["low"],
                                                    table["high"] - table["replicated_mean"]],
                 fmt="o", color="C0", capsize=3, label="replicated (94%)")
@@ -161,7 +161,8 @@ def residuals_by_group(idata: az.InferenceData, var: str, groups: np.ndarray) ->
 def residuals_figure(table: pd.DataFrame, *, title: str = "") -> Figure:
     """Sorted mean residual per city."""
     ordered = table.sort_values("mean_residual")
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     ax.plot(np.arange(len(ordered)), ordered["mean_residual"], "o", ms=2.5, color="C0")
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xlabel("city (sorted by mean residual)")

@@ -259,7 +259,8 @@ def stage_bayes_panel(ctx: RunContext) -> None:
                      "inside each model; coefficients reported on the original scale). Column (4) puts the city "
                      "effects in correlated-random-effects (Mundlak) form so its posterior reproduces the two-way "
                      "within estimator; bayes_re drops the Mundlak terms to show what they change.")
-    res = ctx.guarded("bayes_table3", lambda: bp.fit_table3(frame, controls, s, ctx.oracles), sec)
+    columns = tuple(c for c in (1, 2, 3, 4) if ctx.wants(f"bayes_table3_col{c}"))
+    res = ctx.guarded("bayes_table3", lambda: bp.fit_table3(frame, controls, s, ctx.oracles, columns=columns), sec)
     for x in res or []:
         render_bayes(ctx, sec, x)
     x = ctx.guarded("bayes_re", lambda: bp.fit_random_effects(frame, controls, s, ctx.oracles.get("table3_col4")),

@@ -33,6 +33,8 @@ class RunContext:
     progress: Callable[[str], None] = lambda message: None
     # one Dirichlet draw over cities shared by every oracle's Bayesian bootstrap (set on first use)
     bootstrap_weights: pd.DataFrame | None = None
+    # which analyses this run computes (``only=`` of the Python API); an unselected one is not run
+    wants: Callable[[str], bool] = lambda analysis_id: True
 
     def add_oracle(self, result: AnalysisResult) -> AnalysisResult:
         self.oracles[result.id] = result
@@ -67,7 +69,10 @@ class RunContext:
 
     def guarded(self, analysis_id: str, fn: Callable[[], Any], section=None) -> Any:
         """Run one analysis. An unexpected failure is recorded in the report and summary.json (and
-        fails the run under --strict) instead of ending the whole study."""
+        fails the run under --strict) instead of ending the whole study. An analysis the run was not
+        asked for (see ``wants``) is not run and returns None."""
+        if not self.wants(analysis_id):
+            return None
         self.progress(f"  {analysis_id}")
         try:
             return fn()

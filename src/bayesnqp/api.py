@@ -1,0 +1,338 @@
+"""The Python API: load a study, run (all or some of) it, look at the results in memory, write the report.
+
+    import bayesnqp as bn
+    study = bn.load_study()                                  # the bundled demo
+    res = bn.run(study, draws=200, chains=2, only=["bayes_table3_col4"])
+    res["bayes_table3_col4"].tidy()                          # posterior: one row per term
+    res.oracle("table3_col4").tidy()                         # the frequentist estimate, same columns
+    bn.etable([res.oracle("table3_col4"), res["bayes_table3_col4"]])
+    res.write("reports/demo")                                # index.html, summary.json, tables, fits
+
+Every result has ``.tidy()`` with the columns ``TIDY_COLUMNS`` (see ``results.tidy_frame``), and
+``.idata``, ``.diagnostics`` and ``.agreement`` (None for a frequentist result). The command line is
+``load_study`` + ``run`` + ``StudyResults.write``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Union
+
+import pandas as pd
+
+from .results import TIDY_COLUMNS, AnalysisResult
+
+if TYPE_CHECKING:
+    from .bayes.result import BayesResult
+    from .checks.flags import Flag
+    from .config import StudyConfig
+    from .data.intake import StudyData
+    from .stages.context import RunContext
+
+    Result = Union[AnalysisResult, BayesResult]
+
+__all__ = ["StudyResults", "TIDY_COLUMNS", "etable", "fit", "load_study", "run"]
+
+
+@contextmanager
+def _backend_kept(use: str | None = None) -> Iterator[None]:
+    """Leave the user's plotting backend (inline in a notebook, a GUI one in a terminal) as it was
+    found: undo a switch made by a module imported inside (the report modules select Agg when
+    imported), and with ``use``, draw with that backend meanwhile (the report's figures are drawn
+    off-screen, never shown)."""
+    import matplotlib
+
+    before = dict.__getitem__(matplotlib.rcParams, "backend")
+    try:
+        if use is not None:
+            matplotlib.use(use)
+        yield
+    finally:
+        if dict.__getitem__(matplotlib.rcParams, "backend") != before:
+            pyplot = sys.modules.get("matplotlib.pyplot")
+            if pyplot is not None and isinstance(before, str):
+                matplotlib.use(before)
+            else:
+                dict.__setitem__(matplotlib.rcParams, "backend", before)
+                if pyplot is not None and hasattr(pyplot, "_backend_mod"):
+                    setattr(pyplot, "_backend_mod", None)  # resolved again (automatically) on the next figure
+
+
+@contextmanager
+def _quiet_forward_sampling() -> Iterator[None]:
+    """PyMC logs every forward-sampling call at INFO; the run shows its own progress. Restored after."""
+    import logging
+
+    logger = logging.getLogger("pymc")
+    level = logger.level
+    if logger.getEffectiveLevel() < logging.WARNING:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _study_module() -> Any:
+    with _backend_kept():
+        from . import study
+
+    return study
+
+
+def load_study(data: str | os.PathLike[str] | None = None,
+               config: str | os.PathLike[str] | StudyConfig | None = None) -> StudyData:
+    """Read, validate and measure a panel. ``data``: a CSV, .dta, .xlsx or .parquet file (None: the
+    bundled demo); ``config``: a study TOML file or a ``StudyConfig`` (None: the paper's column names).
+    Raises ``InputError`` listing every problem."""
+    from .config import StudyConfig, load_config
+    from .data.intake import load_study as intake
+
+    cfg = config if isinstance(config, StudyConfig) else load_config(None if config is None else Path(config))
+    return intake(None if data is None else Path(data), cfg)
+
+
+def _printer(start: float) -> Callable[[str], None]:
+    def show(message: str) -> None:
+        print(f"[{time.perf_counter() - start:6.0f}s] {message}", file=sys.stderr, flush=True)
+
+    return show
+
+
+class StudyResults(Mapping[str, "Result"]):
+    """The results of one run, held in memory: a mapping of Bayesian analysis id -> ``BayesResult``
+    (``res["bayes_table3_col4"]``), the frequentist oracles by id (``res.oracle("table3_col4")``),
+    the flagged checks, the summary.json content, and ``write(out)`` for the report folder.
+
+    The tables, figures and fits of the report are built in a private folder that is removed when the
+    object is closed or garbage-collected (``close()``, or use it as a context manager)."""
+
+    def __init__(self, ctx: RunContext, *, started: float | None = None, hard_exit_on_stuck_signal: bool = False):
+        self._ctx = ctx
+        self._started = time.time() if started is None else started
+        self._hard_exit = hard_exit_on_stuck_signal
+        self._finalizer = weakref.finalize(self, shutil.rmtree, str(ctx.out), True)
+
+    # -- the results ---------------------------------------------------------------------------------
+    def __getitem__(self, analysis_id: str) -> Result:
+        if analysis_id in self._ctx.bayes:
+            return self._ctx.bayes[analysis_id]
+        if analysis_id in self._ctx.oracles:
+            return self._ctx.oracles[analysis_id]
+        known = ", ".join(self.ids) or "none"
+        raise KeyError(f"{analysis_id!r} is not among this run's results ({known})")
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._ctx.bayes
+        yield from (k for k in self._ctx.oracles if k not in self._ctx.bayes)
+
+    def __len__(self) -> int:
+        return len(set(self._ctx.bayes) | set(self._ctx.oracles))
+
+    @property
+    def ids(self) -> list[str]:
+        """Every result id of the run, Bayesian first."""
+        return list(self)
+
+    def oracle(self, analysis_id: str) -> AnalysisResult:
+        """A frequentist result by its summary.json id (``table3_col4``, ``iv_2sls``, ...)."""
+        try:
+            return self._ctx.oracles[analysis_id]
+        except KeyError:
+            raise KeyError(f"no frequentist result {analysis_id!r} in this run "
+                           f"({', '.join(self._ctx.oracles) or 'none'})") from None
+
+    @property
+    def oracles(self) -> dict[str, AnalysisResult]:
+        return dict(self._ctx.oracles)
+
+    @property
+    def bayes(self) -> dict[str, BayesResult]:
+        return dict(self._ctx.bayes)
+
+    @property
+    def flagged(self) -> list[Flag]:
+        """Every check that failed (convergence, interval width, PPC, failed analyses)."""
+        return list(self._ctx.flagged)
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """Analyses that raised: id -> message."""
+        return dict(self._ctx.summary["failed"])
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """What summary.json will hold."""
+        from .results import json_safe
+
+        return json_safe(self._ctx.summary)
+
+    @property
+    def study(self) -> StudyData:
+        return self._ctx.study
+
+    def __repr__(self) -> str:
+        return (f"<StudyResults {self._ctx.study.data_name}: {len(self._ctx.bayes)} Bayesian, "
+                f"{len(self._ctx.oracles)} frequentist, {len(self._ctx.flagged)} flagged>")
+
+    # -- output --------------------------------------------------------------------------------------
+    def write(self, out: str | os.PathLike[str] | None = None) -> Path:
+        """Write the report folder (index.html, summary.json, run.json, tables/, figures/, fits/) and
+        return it; default ``reports/<data name>``. The folder is built beside ``out`` under a hidden
+        name and renamed into place at the end, so a failure leaves any previous ``out`` unchanged."""
+        if not self._finalizer.alive:
+            raise RuntimeError("these results were closed; run the study again to write them")
+        study = _study_module()
+        target = Path(out) if out is not None else study.default_out(self._ctx.study)
+        with _backend_kept(use="Agg"):
+            return study.publish(self._ctx, target, started=self._started,
+                                 hard_exit_on_stuck_signal=self._hard_exit)
+
+    def close(self) -> None:
+        """Remove the private build folder (the results in memory stay usable; ``write`` does not)."""
+        self._finalizer()
+
+    def __enter__(self) -> StudyResults:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+SamplerName = Literal["nutpie", "pymc", "numpyro"]
+
+
+def run(study: StudyData | None = None, *, draws: int = 1000, tune: int = 1000, chains: int = 4,
+        seed: int = 20240601, sampler: SamplerName = "nutpie", quick: bool = False, bayes: bool = True,
+        only: Sequence[str] | str | None = None, strict: bool = False,
+        progress: bool | Callable[[str], None] = True, workdir: str | os.PathLike[str] | None = None,
+        _hard_exit_on_stuck_signal: bool = False) -> StudyResults:
+    """Run the study (default: the demo) and return its results in memory; nothing is written until
+    ``StudyResults.write``.
+
+    ``only``: analysis ids or id prefixes to run (``["bayes_table3_col4"]``, ``["table3", "bayes_iv"]``,
+    ``["bayes_groups"]``); the oracles a selected Bayesian model is compared with run too, and so do
+    the fits a selected check reads. None runs everything. ``bayes=False``: frequentist stages only.
+    ``quick``: 300 draws x 2 chains. ``strict``: raise ``ConvergenceError`` if any check is flagged or
+    any analysis failed. ``progress``: True prints each step with its elapsed time to stderr (shown in
+    a terminal and in a notebook), or a callable taking the message. ``workdir``: a folder (not yet
+    existing) to build the report files in; default a private temporary folder.
+    """
+    mod = _study_module()
+    from .bayes.sampling import SAMPLERS
+
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, not {sampler!r}")
+    data = study if study is not None else load_study()
+    options = mod.RunOptions(draws=draws, tune=tune, chains=chains, seed=seed, quick=quick, strict=strict,
+                             sampler=sampler, bayes=bayes)
+    options.sampler_settings()  # bad draws/chains fail here, before anything runs
+    show = _printer(time.perf_counter()) if progress is True else (progress or (lambda message: None))
+    if workdir is None:
+        # named like the run's private temp folder, so a later run removes it if this process is killed
+        from .staging import TEMP_PREFIX
+
+        build = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-results-")) / "report"
+    else:
+        build = Path(workdir)
+        if build.exists():
+            raise FileExistsError(f"workdir {build} exists; give a folder that does not")
+    started = time.time()
+    with _backend_kept(use="Agg"), _quiet_forward_sampling():
+        try:
+            ctx = mod.compute(data, options, build, show, only=only,
+                              hard_exit_on_stuck_signal=_hard_exit_on_stuck_signal)
+        finally:
+            if workdir is None and not build.exists():
+                shutil.rmtree(build.parent, ignore_errors=True)
+    results = StudyResults(ctx, started=started, hard_exit_on_stuck_signal=_hard_exit_on_stuck_signal)
+    if workdir is None:  # remove the temporary parent too
+        results._finalizer.detach()
+        results._finalizer = weakref.finalize(results, shutil.rmtree, str(build.parent), True)
+    return results
+
+
+def fit(study: StudyData | None, analysis_id: str, *, draws: int = 1000, tune: int = 1000, chains: int = 4,
+        seed: int = 20240601, sampler: SamplerName = "nutpie",
+        progress: bool | Callable[[str], None] = True) -> Result:
+    """Fit one analysis by id (with the oracle it is compared with) and return its result:
+    ``fit(study, "bayes_table3_col4", draws=200, chains=2)``. A frequentist id (``"table3_col4"``)
+    returns the oracle. Raises KeyError if the data do not allow it (see ``run(...).summary["skipped"]``)
+    and RuntimeError with the message if it failed."""
+    with run(study, draws=draws, tune=tune, chains=chains, seed=seed, sampler=sampler, only=[analysis_id],
+             progress=progress, bayes=analysis_id.startswith(("bayes_", "ppc_"))) as res:
+        if analysis_id in res:
+            return res[analysis_id]
+        failed = res.failed
+        family = next((k for k in failed if analysis_id.startswith(k) or k.startswith(analysis_id)), None)
+        if family is not None:
+            raise RuntimeError(f"{analysis_id}: {failed[family]}")
+        skipped = res.summary["skipped"]
+        reason = next((v for k, v in skipped.items() if analysis_id.startswith(k)), None)
+        raise KeyError(f"{analysis_id!r} was not produced" + (f": {reason}" if reason else
+                                                                f"; the run gave {', '.join(res.ids) or 'nothing'}"))
+
+
+def _cell(estimate: float, std_error: float, digits: int) -> str:
+    if pd.isna(estimate):
+        return ""
+    return f"{estimate:.{digits}f} ({std_error:.{digits}f})" if pd.notna(std_error) else f"{estimate:.{digits}f}"
+
+
+def etable(results: Iterable[Result] | Mapping[str, Result], *, type: Literal["df", "md", "tex"] = "df",
+           digits: int = 4, terms: Sequence[str] | None = None) -> pd.DataFrame | str:
+    """Several results side by side: one column per result, one row per term, ``estimate (std error)``
+    (posterior mean (sd) for a Bayesian result), then the interval kind, N or draws, and max r_hat.
+    ``type``: "df" (a DataFrame), "md" (Markdown) or "tex" (LaTeX). ``terms``: the rows to keep, in
+    order (default: every term, the key term first). A mapping gives the column headings."""
+    items = list(results.items()) if isinstance(results, Mapping) else [(r.id, r) for r in results]
+    if not items:
+        raise ValueError("etable needs at least one result")
+    tidies = {name: r.tidy() for name, r in items}
+    if terms is None:
+        order: list[str] = []
+        for name, r in items:
+            key = getattr(r, "key_term", "agglomeration")
+            for t in [key, *tidies[name].index]:
+                if t in tidies[name].index and t not in order:
+                    order.append(t)
+        if "agglomeration" in order:
+            order.remove("agglomeration")
+            order.insert(0, "agglomeration")
+        order.sort(key=lambda t: t in ("constant", "Intercept"))  # the intercept last (stable sort)
+    else:
+        order = list(terms)
+    table = pd.DataFrame(index=pd.Index(order, name="Coefficient"), columns=[n for n, _ in items], dtype=object)
+    for name, _ in items:
+        t = tidies[name]
+        for term in order:
+            table.loc[term, name] = (_cell(t.loc[term, "Estimate"], t.loc[term, "Std. Error"], digits)
+                                     if term in t.index else "")
+    foot: dict[str, list[str]] = {"interval": [], "N / draws": [], "max r_hat": []}
+    for name, r in items:
+        t = tidies[name]
+        foot["interval"].append(str(t["interval"].iloc[0]) if len(t) else "")
+        if isinstance(r, AnalysisResult):
+            foot["N / draws"].append(f"{r.n_obs}")
+            foot["max r_hat"].append("")
+        else:
+            d = r.diagnostics
+            foot["N / draws"].append(f"{d.n_chains} x {d.n_draws}")
+            foot["max r_hat"].append(f"{d.max_r_hat:.3f}")
+    table = pd.concat([table, pd.DataFrame(foot, index=[n for n, _ in items]).T])
+    table.index.name = "Coefficient"
+    if type == "df":
+        return table
+    if type == "md":
+        return table.to_markdown()
+    if type == "tex":
+        return table.to_latex(escape=True)
+    raise ValueError(f"type must be 'df', 'md' or 'tex', not {type!r}")
