@@ -308,7 +308,7 @@ def test_marginal_city_logp_is_the_dense_multivariate_normal(drop):
 
     frame, _ = panel.simulate_panel(25, 6, seed=4)
     frame = frame[np.random.default_rng(2).random(len(frame)) >= drop]
-    spec = load_spec("bayes_table3_col4")
+    spec = load_spec("bayes_table3_col4_iid")
     assert spec.options["city_effects"] == "marginal"
     pdata = panel.panel_data(frame, spec.outcome, spec.expand_terms(CONTROLS))
     assert pdata.balanced == (drop == 0.0)
@@ -343,7 +343,7 @@ def test_marginal_city_logp_is_the_dense_multivariate_normal(drop):
 
 def test_marginal_form_only_for_the_normal_likelihood(sim):
     frame, _ = sim
-    spec = load_spec("bayes_table3_col4")
+    spec = load_spec("bayes_table3_col4_iid")
     assert panel.city_effects_marginal(spec, "normal")
     assert not panel.city_effects_marginal(spec, "student_t")
     pdata = panel.panel_data(frame, spec.outcome, spec.expand_terms(CONTROLS))
@@ -359,7 +359,7 @@ def test_city_effects_are_drawn_from_their_exact_conditional():
     the standardised draws have mean 0 and sd 1 on an unbalanced panel."""
     frame, _ = panel.simulate_panel(40, 6, seed=7)
     frame = frame[np.random.default_rng(1).random(len(frame)) > 0.25]
-    spec = load_spec("bayes_table3_col4")
+    spec = load_spec("bayes_table3_col4_iid")
     _, idata, pdata = panel.fit_spec(frame, spec, CONTROLS, SamplerSettings(draws=100, tune=300, chains=2,
                                                                            seed=3))
     post = idata.posterior.isel(draw=slice(0, 50))

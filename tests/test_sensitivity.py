@@ -120,7 +120,7 @@ def test_stage_rebuilds_the_two_way_model_and_finds_its_weak_priors_harmless(tmp
     frame, _ = panel.simulate_panel(n_city=40, n_year=6, seed=3, controls=controls)
     settings = SamplerSettings(draws=250, tune=300, chains=2, seed=5)
     oracles = {x.id: x for x in fq.table3(frame, controls=list(controls))}
-    (col4,) = panel.fit_table3(frame, controls, settings, oracles, columns=(4,))
+    _honest, col4 = panel.fit_table3(frame, controls, settings, oracles, columns=(4,))  # the iid rebuild
     study = SimpleNamespace(frame=frame, roles=SimpleNamespace(controls=controls, instrument=None, mechanisms={}))
     report = ReportBuilder(tmp_path, title="t", synthetic=True, meta={})
     ctx = RunContext(study=study, settings=settings, report=report, out=tmp_path,  # type: ignore[arg-type]

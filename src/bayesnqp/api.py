@@ -43,30 +43,6 @@ __all__ = ["StudyResults", "TIDY_COLUMNS", "etable", "fit", "load_study", "run"]
 
 
 @contextmanager
-def _backend_kept(use: str | None = None) -> Iterator[None]:
-    """Leave the user's plotting backend (inline in a notebook, a GUI one in a terminal) as it was
-    found: undo a switch made by a module imported inside (the report modules select Agg when
-    imported), and with ``use``, draw with that backend meanwhile (the report's figures are drawn
-    off-screen, never shown)."""
-    import matplotlib
-
-    before = dict.__getitem__(matplotlib.rcParams, "backend")
-    try:
-        if use is not None:
-            matplotlib.use(use)
-        yield
-    finally:
-        if dict.__getitem__(matplotlib.rcParams, "backend") != before:
-            pyplot = sys.modules.get("matplotlib.pyplot")
-            if pyplot is not None and isinstance(before, str):
-                matplotlib.use(before)
-            else:
-                dict.__setitem__(matplotlib.rcParams, "backend", before)
-                if pyplot is not None and hasattr(pyplot, "_backend_mod"):
-                    setattr(pyplot, "_backend_mod", None)  # resolved again (automatically) on the next figure
-
-
-@contextmanager
 def _quiet_forward_sampling() -> Iterator[None]:
     """PyMC logs every forward-sampling call at INFO; the run shows its own progress. Restored after."""
     import logging
@@ -82,8 +58,7 @@ def _quiet_forward_sampling() -> Iterator[None]:
 
 
 def _study_module() -> Any:
-    with _backend_kept():
-        from . import study
+    from . import study
 
     return study
 
@@ -192,9 +167,7 @@ class StudyResults(Mapping[str, "Result"]):
             raise RuntimeError("these results were closed; run the study again to write them")
         study = _study_module()
         target = Path(out) if out is not None else study.default_out(self._ctx.study)
-        with _backend_kept(use="Agg"):
-            return study.publish(self._ctx, target, started=self._started,
-                                 hard_exit_on_stuck_signal=self._hard_exit)
+        return study.publish(self._ctx, target, started=self._started, hard_exit_on_stuck_signal=self._hard_exit)
 
     def close(self) -> None:
         """Remove the private build folder (the results in memory stay usable; ``write`` does not)."""
@@ -246,7 +219,7 @@ def run(study: StudyData | None = None, *, draws: int = 1000, tune: int = 1000, 
         if build.exists():
             raise FileExistsError(f"workdir {build} exists; give a folder that does not")
     started = time.time()
-    with _backend_kept(use="Agg"), _quiet_forward_sampling():
+    with _quiet_forward_sampling():
         try:
             ctx = mod.compute(data, options, build, show, only=only,
                               hard_exit_on_stuck_signal=_hard_exit_on_stuck_signal)

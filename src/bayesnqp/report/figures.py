@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from ..checks.agreement import MATCH_TOLERANCE_Z  # noqa: E402
+from ..checks.agreement import MATCH_TOLERANCE_Z
 
 
 def agreement_figure(tables: dict[str, pd.DataFrame], meant_to_match: dict[str, bool]) -> Figure:
@@ -20,7 +16,8 @@ def agreement_figure(tables: dict[str, pd.DataFrame], meant_to_match: dict[str, 
     """
     rows = [(mid, term, float(t.loc[term, "z"])) for mid, t in tables.items() for term in t.index]
     height = max(2.5, 0.22 * len(rows) + 1.2)
-    fig, ax = plt.subplots(figsize=(7.5, height))
+    fig = Figure(figsize=(7.5, height))
+    ax = fig.subplots()
     if not rows:
         ax.text(0.5, 0.5, "no posterior has a frequentist oracle in this run", ha="center", va="center")
         ax.set_axis_off()
@@ -52,7 +49,8 @@ def caterpillar(table: pd.DataFrame, column: str, *, caption: str, unit_plural: 
     keys = [str(k[0] if isinstance(k, tuple) else k) for k in table.index]
     y = vals.to_numpy(dtype=float)[order]
     x = np.arange(len(y))
-    fig, ax = plt.subplots(figsize=(7.5, 2.9))
+    fig = Figure(figsize=(7.5, 2.9))
+    ax = fig.subplots()
     has_ci = {"ci_low", "ci_high"} <= set(table.columns)
     if has_ci:
         lo = pd.to_numeric(table["ci_low"], errors="coerce").to_numpy(dtype=float)[order]
@@ -96,7 +94,8 @@ def forest_plot(rows: list[dict], *, treatment: str, ci_percent: int = 94) -> Fi
     ``mean``/``hdi_low``/``hdi_high`` (Bayesian). One row per model, top to bottom as given.
     """
     n = len(rows)
-    fig, ax = plt.subplots(figsize=(7.5, min(8.5, 0.9 + 0.3 * max(n, 2))))
+    fig = Figure(figsize=(7.5, min(8.5, 0.9 + 0.3 * max(n, 2))))
+    ax = fig.subplots()
     if not rows:
         ax.text(0.5, 0.5, "no model estimated the effect", ha="center", va="center")
         ax.set_axis_off()

@@ -15,24 +15,21 @@ from __future__ import annotations
 
 import html
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from jinja2 import Environment
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from jinja2 import Environment  # noqa: E402
-
-from ..names import SYNTHETIC_BANNER  # noqa: E402
-from .labels import Labels  # noqa: E402
-from .latex import LatexTable, write_master  # noqa: E402
-from .numbers import format_frame  # noqa: E402
+from ..names import SYNTHETIC_BANNER
+from .labels import Labels
+from .latex import LatexTable, write_master
+from .numbers import format_frame
 
 
 class TableLike(Protocol):
@@ -381,7 +378,8 @@ class ReportBuilder:
                 fig.text(0.5, 0.005, banner, ha="center", va="bottom", fontsize=8, color="#b00020")
         width, height = fig.get_size_inches()
         fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
+        if "matplotlib.pyplot" in sys.modules:  # a figure made through pyplot elsewhere: release it
+            sys.modules["matplotlib.pyplot"].close(fig)
         img = (f'<img src="figures/{stem}.png" alt="{html.escape(alt)}" '
                f'style="max-width:min(100%,{int(width * 110)}px)">')
         if height > TALL_FIGURE_IN:  # a tall figure folds away rather than stretching the page

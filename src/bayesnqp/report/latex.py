@@ -139,9 +139,11 @@ class LatexTable:
             # a long and wide table turns the page (pdflscape) and wraps its cells in equal columns: a
             # longtable cannot be scaled like a float
             if wide:
-                # equal shares of the page less the column gaps (2 x 3pt each)
+                # equal shares of the page less the column gaps (2 x 3pt each); long ids may break after
+                # an underscore, or they run past their column
                 width = rf"\dimexpr(\linewidth-{6 * ncols}pt)/{ncols}\relax"
                 align = (r">{\raggedright\arraybackslash}" + f"p{{{width}}}") * ncols
+                body = [line.replace(r"\_", r"\_\allowbreak{}") for line in body]
             lines = [r"\begin{landscape}" if wide else "", r"{\scriptsize",
                      r"\setlength{\tabcolsep}{3pt}" if wide else "", rf"\begin{{longtable}}{{{align}}}",
                      rf"\caption{{{caption}}}\label{{{self.label}}} \\", r"\toprule", " & ".join(head) + r" \\",

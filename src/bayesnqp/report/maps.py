@@ -11,20 +11,19 @@ from __future__ import annotations
 import math
 
 import matplotlib
+import matplotlib.cm
 import matplotlib.ticker
 
-matplotlib.use("Agg")  # files only; never open a window
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.collections import PathCollection  # noqa: E402
-from matplotlib.colors import Normalize, TwoSlopeNorm  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.path import Path  # noqa: E402
+import numpy as np
+import pandas as pd
+from matplotlib.collections import PathCollection
+from matplotlib.colors import Normalize, TwoSlopeNorm
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.path import Path
 
-from ..data.geography import load_boundaries, load_provinces  # noqa: E402
+from ..data.geography import load_boundaries, load_provinces
 
 MISSING_COLOUR = "#b4b4b4"
 BACKDROP_COLOUR = "#ebebeb"
@@ -93,12 +92,13 @@ def choropleth(values: pd.Series, title: str, *, label: str, cmap: str = "viridi
     have = np.isfinite(data)
 
     if ax is None:
-        fig, ax = plt.subplots(figsize=(8.0, 6.6), layout="constrained")
+        fig = Figure(figsize=(8.0, 6.6), layout="constrained")
+        ax = fig.subplots()
     else:
         fig = ax.figure
     if diverging and cmap == "viridis":
         cmap = "RdBu_r"
-    colours = plt.get_cmap(cmap)
+    colours = matplotlib.colormaps.get_cmap(cmap)
     finite = data[have]
     note = ""
     if finite.size == 0:
@@ -138,7 +138,7 @@ def choropleth(values: pd.Series, title: str, *, label: str, cmap: str = "viridi
         side.set_visible(False)
     ax.set_title(title, fontsize="medium")
 
-    mappable = plt.cm.ScalarMappable(norm=norm, cmap=colours)
+    mappable = matplotlib.cm.ScalarMappable(norm=norm, cmap=colours)
     bar = fig.colorbar(mappable, ax=ax, orientation="horizontal", shrink=0.7, pad=0.03, aspect=35)
     bar.set_label(label + note, fontsize="small")
     bar.ax.tick_params(labelsize="x-small")
@@ -158,7 +158,8 @@ def map_pair(mean: pd.Series, width: pd.Series, title: str, label: str, *, effec
     """Two maps side by side: the posterior mean and the width of its 94% interval, per city.
 
     ``effect``: the mean is an effect, drawn on a diverging scale centred at 0 whatever its sign."""
-    fig, axes = plt.subplots(1, 2, figsize=(11.0, 5.0), layout="constrained")
+    fig = Figure(figsize=(11.0, 5.0), layout="constrained")
+    axes = fig.subplots(1, 2)
     m = pd.Series(mean, dtype=float)
     straddles = bool(m.notna().any() and m.min() < 0 < m.max())
     choropleth(m, "Posterior mean", label=label, diverging=effect or straddles, ax=axes[0])

@@ -182,10 +182,10 @@ def bootstrap_table(oracles: dict[str, AnalysisResult]) -> pd.DataFrame:
                 continue
             se = float(x.coefs.loc[term, "std_error"])
             lo, hi = block["ci95"][term]
+            # kept to seven narrow columns so the table fits the page (the SE kind is in the note)
             rows.append({"oracle": oid, "term": term, "estimate": float(x.coefs.loc[term, "estimate"]),
-                         "std_error": se, "se_type": x.se_type, "bootstrap_mean": block["mean"][term],
-                         "bootstrap_sd": sd, "bootstrap_sd / SE": sd / se if se > 0 else float("nan"),
-                         "bootstrap_2.5%": lo, "bootstrap_97.5%": hi})
+                         "SE": se, "bootstrap sd": sd, "sd / SE": sd / se if se > 0 else float("nan"),
+                         "2.5%": lo, "97.5%": hi})
     return pd.DataFrame(rows).set_index(["oracle", "term"]) if rows else pd.DataFrame()
 
 
