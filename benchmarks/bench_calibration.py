@@ -30,7 +30,7 @@ import json
 import os
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -212,22 +212,35 @@ def main() -> None:
 
     processes = args.processes or list(PROCESSES)
     t0 = time.perf_counter()
-    # one chunk of consecutive seeds per worker and process, so each worker compiles each model once
-    chunks = [(p, list(range(w, args.reps, args.workers))) for p in processes for w in range(args.workers)]
+    # chunks of consecutive seeds, processes interleaved, so that an interrupted study still covers every
+    # process; each worker keeps its compiled models between chunks (same structure, data swapped)
+    size = 10
+    chunks = [(p, list(range(start, min(start + size, args.reps))))
+              for start in range(0, args.reps, size) for p in processes]
+    rows: list[dict[str, Any]] = []
     with ProcessPoolExecutor(args.workers) as pool:
-        rows = [r for chunk in pool.map(replicate, *zip(*chunks)) for r in chunk]
+        futures = [pool.submit(replicate, p, seeds) for p, seeds in chunks]
+        for future in as_completed(futures):
+            rows.extend(future.result())
+            write(rows, args, time.perf_counter() - t0, complete=len(rows) == sum(
+                len(s) * (3 if p == "groups" else 1) for p, s in chunks))
     summary = summarise(rows)
-    result = {"what": __doc__.split("\n\n")[0], "prob": PROB, "panel": "100 cities x 8 years",
-              "draws": DRAWS, "tune": TUNE, "chains": CHAINS, "replications": args.reps,
-              "workers": args.workers, "wall_seconds": time.perf_counter() - t0, "summary": summary}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    figure(summary, args.out.with_suffix(".png"))
     for process, quantities in summary.items():
         for quantity, block in quantities.items():
             print(process, quantity, {m: round(block[m]["coverage"], 3) for m in
                                       ("bayes_iid", "bayes_honest", "bootstrap", "crv1")})
-    print(f"wall {result['wall_seconds']:.0f} s")
+    print(f"wall {time.perf_counter() - t0:.0f} s")
+
+
+def write(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: float, complete: bool) -> None:
+    """The JSON (and figure) of the replications so far; ``complete`` says whether all have finished."""
+    summary = summarise(rows)
+    result = {"what": __doc__.split("\n\n")[0], "prob": PROB, "panel": "100 cities x 8 years",
+              "draws": DRAWS, "tune": TUNE, "chains": CHAINS, "replications_planned": args.reps,
+              "complete": complete, "workers": args.workers, "wall_seconds": seconds, "summary": summary}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    figure(summary, args.out.with_suffix(".png"))
 
 
 if __name__ == "__main__":
