@@ -46,3 +46,25 @@ def raw_csv(tmp_path):
         return path
 
     return _write
+
+
+def swallowed_interrupt_stages(study_module) -> tuple[list, list]:
+    """The study's first stage, then a stage that receives Ctrl-C and swallows it (as nutpie does: it
+    aborts sampling and returns the draws so far), then one that records whether the run went on.
+    Returns (stages, reached)."""
+    import signal
+    import time
+
+    reached: list[bool] = []
+
+    def swallowing(ctx):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+
+    def later(ctx):
+        reached.append(True)
+
+    return [study_module.STAGES[0], ("swallowing", swallowing), ("later", later)], reached

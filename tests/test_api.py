@@ -11,6 +11,7 @@ import arviz as az
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import swallowed_interrupt_stages
 
 import bayesnqp as bn
 from bayesnqp.bayes.result import BayesResult
@@ -147,25 +148,12 @@ def test_fit_reports_a_failed_analysis_with_its_message(raw_csv, monkeypatch):
 def test_an_interrupt_swallowed_by_a_library_stops_an_api_run_without_ending_the_process(raw_csv, monkeypatch):
     """In a notebook: the run stops at the next step with KeyboardInterrupt, its build folder is gone and
     the signal handler is the notebook's again."""
-    import os
     import signal
-    import time
 
     import bayesnqp.study as study
 
-    reached = []
-
-    def swallowing(ctx):
-        try:
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(1)
-        except KeyboardInterrupt:
-            pass  # what nutpie does: abort sampling, return partial draws
-
-    def later(ctx):
-        reached.append(True)
-
-    monkeypatch.setattr(study, "STAGES", [study.STAGES[0], ("swallowing", swallowing), ("later", later)])
+    stages, reached = swallowed_interrupt_stages(study)
+    monkeypatch.setattr(study, "STAGES", stages)
     before, handler = set(_leftovers()), signal.getsignal(signal.SIGINT)
     study_data = bn.load_study(raw_csv())
     with pytest.raises(KeyboardInterrupt):

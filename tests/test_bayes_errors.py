@@ -4,7 +4,6 @@ integrated out): the closed-form log-density against dense multivariate Normals,
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytensor
 import pytensor.tensor as pt
 import pytest

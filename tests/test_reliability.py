@@ -25,7 +25,7 @@ from bayesnqp.data.geography import load_geography
 from bayesnqp.data.intake import closest_adcode, load_study
 from bayesnqp.errors import InputError
 from bayesnqp.staging import GRACE_SECONDS, INTERRUPT_MESSAGE, clean_stale
-from conftest import raw_panel
+from conftest import raw_panel, swallowed_interrupt_stages
 
 runner = CliRunner()
 
@@ -378,19 +378,8 @@ def test_an_interrupt_swallowed_by_a_library_stops_the_run_at_the_next_step(tmp_
     """nutpie catches KeyboardInterrupt and returns the draws so far; the run must still stop."""
     import bayesnqp.study as study
 
-    reached = []
-
-    def swallowing(ctx):
-        try:
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(1)
-        except KeyboardInterrupt:
-            pass  # what nutpie does: abort sampling, return partial draws
-
-    def later(ctx):
-        reached.append(True)
-
-    monkeypatch.setattr(study, "STAGES", [study.STAGES[0], ("swallowing", swallowing), ("later", later)])
+    stages, reached = swallowed_interrupt_stages(study)
+    monkeypatch.setattr(study, "STAGES", stages)
     handler_before = signal.getsignal(signal.SIGINT)
     out = tmp_path / "out"
     res = runner.invoke(app, ["run", "--data", str(raw_csv()), "--out", str(out)])

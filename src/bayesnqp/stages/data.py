@@ -3,7 +3,6 @@ data are the paper's design)."""
 
 from __future__ import annotations
 
-from .. import names
 from ..data.describe import table2_comparison
 from ..report.labels import resolve_labels
 from .context import RunContext
