@@ -4,6 +4,7 @@ result, etable, and run -> write with nothing left behind."""
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -94,7 +95,8 @@ def test_etable_side_by_side_in_three_forms():
 
 
 def _leftovers() -> list[Path]:
-    return [p for p in Path(tempfile.gettempdir()).glob("bayesnqp-run-*-results-*")]
+    """This process's API build folders (other processes, e.g. a parallel test run, have their own)."""
+    return [p for p in Path(tempfile.gettempdir()).glob(f"bayesnqp-run-{os.getpid()}-results-*")]
 
 
 def test_run_holds_results_in_memory_and_write_publishes_them(tmp_path, raw_csv):
