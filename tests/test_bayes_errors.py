@@ -1,5 +1,6 @@
 """Error structures of the Normal panel models (AR(1), city scales, random slopes; city effects
-integrated out): the closed-form log-density against dense multivariate Normals, and recovery."""
+integrated out): the closed-form log-density against dense multivariate Normals and the replicates
+against the model covariance (recovery with sampling: tests/test_bayes_panel.py)."""
 
 from __future__ import annotations
 

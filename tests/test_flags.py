@@ -150,7 +150,7 @@ def test_likelihood_comparison_flags_ppc_and_pareto_k_and_says_which_likelihood_
     text = likelihood_choice(res)
     assert "fails its posterior predictive check (skewness, max)" in text
     assert "LOO prefers the student_t likelihood over the Normal by 50.0 elpd (se of the difference 7.0)" in text
-    assert "nevertheless keeps the Normal likelihood" in text and "least-squares" in text
+    assert "nevertheless keep the Normal likelihood" in text and "least-squares" in text
     assert "0.0088 (sd 0.0005)" in text and "0.0079 (sd 0.0004)" in text
     normal_best = likelihood_choice(_result("bayes_likelihoods", extra=_likelihoods_extra("normal")))
     assert normal_best.startswith("LOO prefers the Normal likelihood, the one the headline")

@@ -27,7 +27,7 @@ per city.
 
 The per-city log-density is spread evenly over that city's rows, so the pointwise entries sum (per city)
 to the city's density of its within-city contrasts: LOO on city sums is leave-one-city-out (compare
-models in that same currency, see ``restricted_city_loglik``).
+models in that same currency, see ``panel.within_city_loglik_iid``).
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pytensor.tensor as pt
 
 ERROR_OPTIONS: tuple[str, ...] = ("ar1", "city_scales", "random_slope")
@@ -159,15 +158,3 @@ def city_sums(values: np.ndarray, city_idx: np.ndarray, n_city: int) -> np.ndarr
     onehot = np.zeros((len(city_idx), n_city))
     onehot[np.arange(len(city_idx)), city_idx] = 1.0
     return np.asarray(values) @ onehot
-
-
-def residual_structure(resid: pd.Series) -> dict[str, float]:
-    """What the iid model leaves in its within residuals: lag-1 within-city autocorrelation (iid errors
-    after city demeaning give about -1/(T-1)) and the p90/p10 ratio of the city residual sds."""
-    frame = resid.rename("r").to_frame()
-    city = frame.index.get_level_values(0)
-    lagged = frame["r"].groupby(city).shift(1)
-    ok = lagged.notna()
-    sd = frame["r"].groupby(city).std()
-    return {"lag1_autocorrelation": float(np.corrcoef(frame["r"][ok], lagged[ok])[0, 1]),
-            "city_sd_p90_over_p10": float(sd.quantile(0.9) / sd.quantile(0.1))}

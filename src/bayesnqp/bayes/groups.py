@@ -50,6 +50,11 @@ def median_split(frame: pd.DataFrame, splitter: str) -> pd.Series:
     return labels.astype(pd.CategoricalDtype(list(GROUPS), ordered=True))
 
 
+def reported(idata: az.InferenceData, candidates: list[str]) -> list[str]:
+    """The candidates the posterior holds (the error options decide which scale parameters exist)."""
+    return [v for v in candidates if v in idata.posterior]
+
+
 GROUP_NOTE = ("Not meant to match exactly. The oracle fits the two-way FE model separately in each group (its "
               "controls and year effects differ by group); this model keeps common control slopes and year "
               "effects and partially pools the two agglomeration slopes toward their common mean. Both "
@@ -80,7 +85,8 @@ def fit_groups(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], split
             if "difference" in oracle.coefs.index:
                 terms["difference"] = "difference"
             terms.update({t: f"beta[{t}]" for t in model.coords["coef"] if t in oracle.coefs.index})
-        var_names = ["beta_group", "difference", "group_mean", "group_sd", "beta", "sigma", "sigma_city"]
+        var_names = reported(idata, ["beta_group", "difference", "group_mean", "group_sd", "beta", "sigma",
+                                     "sigma_city", "phi", "city_scale_sd", "slope_sd"])
         counts = labels.value_counts()
         extra: dict[str, Any] = {"splitter": splitter, "p_high_gt_low": p_high,
                                  "n_cities": {g: int(counts.get(g, 0)) for g in GROUPS}}
@@ -135,7 +141,8 @@ def fit_province_slopes(frame: pd.DataFrame, controls: tuple[str, ...] | list[st
     model, idata, pdata = fit_spec(frame, spec, controls, settings, slope_groups=labels_of_cities,
                                    group_dim="province")
     draw_group_mean(idata, spec, pdata, seed=settings.seed, dim="province")
-    var_names = ["beta_group", "group_mean", "group_sd", "beta", "sigma", "sigma_city"]
+    var_names = reported(idata, ["beta_group", "group_mean", "group_sd", "beta", "sigma", "sigma_city", "phi",
+                                 "city_scale_sd", "slope_sd"])
     counts = labels_of_cities.value_counts()
     fig = forest_plot(idata, "beta_group", "province", counts, display_labels(labels_of_cities, labels))
     bg = idata.posterior["beta_group"]

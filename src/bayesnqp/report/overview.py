@@ -31,6 +31,7 @@ PAPER_RHO = -2.1086  # the paper's Table 5 spatial autoregressive coefficient
 
 # Headline pairs: (frequentist id, Bayesian id, paper-design label, generic label).
 HEADLINE = (("table3_col4", "bayes_table3_col4", "Two-way FE, Table 3 (4)", "Two-way fixed effects"),
+            ("table3_col4", "bayes_table3_col4_iid", "Table 3 (4), iid-error rebuild", "Two-way FE, iid-error rebuild"),
             ("iv_2sls_trend", "bayes_iv", "IV (distance x trend)", "Instrumental variables"),
             ("sdm_ml", "bayes_sdm", "Spatial Durbin (direct coefficient)", "Spatial Durbin model"))
 
@@ -240,10 +241,20 @@ def _verdict(rows: list[dict[str, Any]], roll: dict[str, Any], flags: list[dict[
         else:
             parts.append(f"Bayesian and frequentist estimates disagree (max |z| {worst:.2f}).")
             tone = "bad"
-        narrow = [r for r in matched if np.isfinite(r["sd_ratio"]) and r["sd_ratio"] < 0.67]
+    if bayes_ran:
+        from ..checks.flags import SD_RATIO_LOW
+
+        # models that are not meant to match (the error-structure headline) are judged too: how far the
+        # weighting moves them and whether their interval is narrower than the design-based SE
+        moved = [r for r in rows if not r["meant"] and np.isfinite(r["z"]) and abs(r["z"]) > 0.5]
+        for r in moved:
+            parts.append(f"{r['label']}: the Bayesian model sits {abs(r['z']):.1f} SE from the frequentist "
+                         "estimate (see its note).")
+        narrow = [r for r in rows if np.isfinite(r["sd_ratio"]) and r["sd_ratio"] < SD_RATIO_LOW]
         if narrow:
-            parts.append(f"The posterior is narrower than the clustered SE (sd ratio {narrow[0]['sd_ratio']:.2f}): "
-                         "read its intervals with care.")
+            parts.append(f"{narrow[0]['label']}: the posterior is narrower than the clustered SE (sd ratio "
+                         f"{narrow[0]['sd_ratio']:.2f}): read its intervals with care.")
+        if moved or narrow:
             tone = "warn" if tone == "good" else tone
     if roll["n"]:
         if roll["flagged"]:
