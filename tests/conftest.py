@@ -68,3 +68,15 @@ def swallowed_interrupt_stages(study_module) -> tuple[list, list]:
         reached.append(True)
 
     return [study_module.STAGES[0], ("swallowing", swallowing), ("later", later)], reached
+
+
+@pytest.fixture
+def default_sigint():
+    """Python's own Ctrl-C handler for the test: a process started in the background by a
+    non-interactive shell (as CI may start the suite) inherits SIGINT ignored, and then a signal the
+    test sends itself would never arrive."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

@@ -147,7 +147,8 @@ def test_fit_reports_a_failed_analysis_with_its_message(raw_csv, monkeypatch):
         bn.fit(bn.load_study(raw_csv()), "bayes_broken", progress=False)
 
 
-def test_an_interrupt_swallowed_by_a_library_stops_an_api_run_without_ending_the_process(raw_csv, monkeypatch):
+def test_an_interrupt_swallowed_by_a_library_stops_an_api_run_without_ending_the_process(raw_csv, monkeypatch,
+                                                                                      default_sigint):
     """In a notebook: the run stops at the next step with KeyboardInterrupt, its build folder is gone and
     the signal handler is the notebook's again."""
     import signal

@@ -240,8 +240,10 @@ class Running:
     """A CLI run in its own process whose stderr is read line by line (to act at a given stage)."""
 
     def __init__(self, cmd: list[str], env: dict[str, str], cwd: Path):
+        # Ctrl-C as in a terminal even when the suite itself was started with SIGINT ignored (a background
+        # job of a non-interactive shell): the child starts with the default disposition
         self.proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     text=True)
+                                     text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.lines: "queue.Queue[str | None]" = queue.Queue()
         self.stderr: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -374,7 +376,8 @@ def test_a_run_stuck_where_signals_are_swallowed_is_still_stopped_by_the_watchdo
     assert listing(tmp_path / "env" / "tmp") == []
 
 
-def test_an_interrupt_swallowed_by_a_library_stops_the_run_at_the_next_step(tmp_path, raw_csv, monkeypatch):
+def test_an_interrupt_swallowed_by_a_library_stops_the_run_at_the_next_step(tmp_path, raw_csv, monkeypatch,
+                                                                              default_sigint):
     """nutpie catches KeyboardInterrupt and returns the draws so far; the run must still stop."""
     import bayesnqp.study as study
 
