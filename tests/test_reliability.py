@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -284,15 +285,22 @@ def _previous_output(out: Path) -> dict[str, bytes]:
     return snapshot(out)
 
 
-def test_sigkill_in_the_bayesian_stage_keeps_the_previous_output_and_the_next_run_cleans_up(tmp_path, raw_csv):
-    data = raw_csv()
+def _run_into_the_bayesian_stage(tmp_path: Path, data: Path) -> tuple[dict[str, str], Path, Any, "Running"]:
+    """A CLI run over a previous output, caught while its first Bayesian fit is being built: returns the
+    environment, the output folder, the previous output's snapshot and the running process."""
     env = isolated_env(tmp_path / "env")
     out = tmp_path / "out"
     previous = _previous_output(out)
     run = Running(cli("run", "--data", str(data), "--out", str(out), "--draws", "10", "--tune", "10",
                       "--chains", "1"), env, tmp_path)
-    run.wait_for("bayes_table3")  # the first Bayesian fit is being built
+    run.wait_for("bayes_table3")
     time.sleep(1.0)
+    return env, out, previous, run
+
+
+def test_sigkill_in_the_bayesian_stage_keeps_the_previous_output_and_the_next_run_cleans_up(tmp_path, raw_csv):
+    data = raw_csv()
+    env, out, previous, run = _run_into_the_bayesian_stage(tmp_path, data)
     run.proc.kill()
     assert run.finish(timeout=30) == -signal.SIGKILL
     assert snapshot(out) == previous, "the previous output changed"
@@ -310,14 +318,7 @@ def test_sigkill_in_the_bayesian_stage_keeps_the_previous_output_and_the_next_ru
 
 
 def test_ctrl_c_stops_the_run_within_seconds_with_one_line_and_exit_130(tmp_path, raw_csv):
-    data = raw_csv()
-    env = isolated_env(tmp_path / "env")
-    out = tmp_path / "out"
-    previous = _previous_output(out)
-    run = Running(cli("run", "--data", str(data), "--out", str(out), "--draws", "10", "--tune", "10",
-                      "--chains", "1"), env, tmp_path)
-    run.wait_for("bayes_table3")
-    time.sleep(1.0)
+    _, out, previous, run = _run_into_the_bayesian_stage(tmp_path, raw_csv())
     seen = len(run.stderr)
     start = time.monotonic()
     run.proc.send_signal(signal.SIGINT)

@@ -28,6 +28,7 @@ from jinja2 import Environment
 
 from ..names import SYNTHETIC_BANNER
 from .labels import Labels
+from .numbers import shorten
 from .latex import LatexTable, write_master
 from .numbers import format_frame
 
@@ -535,10 +536,10 @@ def _toc(sections: list[Section], *, forest: bool = True) -> str:
         sub = []
         for b in s.blocks:
             if b.anchor and b.group is None:
-                sub.append(f'<li><a href="#{b.anchor}">{html.escape(_short(b.title))}</a></li>')
+                sub.append(f'<li><a href="#{b.anchor}">{html.escape(shorten(b.title, 60))}</a></li>')
         for gid, title in s.groups.items():
             # every table and figure of a model too, folded under the model's entry
-            inner = "".join(f'<li><a href="#{b.anchor}">{html.escape(_short(_after_title(b.title, title)))}</a></li>'
+            inner = "".join(f'<li><a href="#{b.anchor}">{html.escape(shorten(_after_title(b.title, title), 60))}</a></li>'
                             for b in s.blocks if b.anchor and b.group == gid)
             link = f'<a href="#{gid}">{html.escape(title)}</a>'
             sub.append(f"<li><details><summary>{link}</summary><ul>{inner}</ul></details></li>" if inner
@@ -554,10 +555,6 @@ def _toc(sections: list[Section], *, forest: bool = True) -> str:
 def _after_title(caption: str, title: str) -> str:
     """'<model title>: Posterior mean ...' -> 'Posterior mean ...' (the model is the entry above)."""
     return caption[len(title) + 2:] if caption.startswith(title + ": ") else caption
-
-
-def _short(text: str, n: int = 60) -> str:
-    return text if len(text) <= n else text[: n - 1].rstrip() + "\u2026"
 
 
 _STYLE = """

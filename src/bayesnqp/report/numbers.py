@@ -111,3 +111,9 @@ def _is_numeric(series: Any) -> bool:
 
 
 __all__ = ["column_kind", "decimals_for", "fmt_number", "format_frame"]
+
+
+def shorten(text: object, n: int) -> str:
+    """One line of at most ``n`` characters (whitespace collapsed; an ellipsis where it was cut)."""
+    text = re.sub(r"\s+", " ", str(text)).strip()
+    return text if len(text) <= n else text[: n - 1].rstrip() + "\u2026"

@@ -22,6 +22,7 @@ import numpy as np
 
 from .. import names
 from .labels import Labels
+from .numbers import shorten
 
 FLAG_KINDS = ("convergence", "ppc", "pareto_k", "sd_ratio", "prior_sensitivity", "admissibility", "failed")
 _KIND_TITLES = {"convergence": "convergence", "ppc": "posterior predictive check", "pareto_k": "Pareto k (LOO)",
@@ -281,7 +282,7 @@ def forest_rows(ctx: Any, labels: Labels) -> list[dict[str, Any]]:
         f = _freq(ctx.oracles.get(oid), t) if oid else None
         if f is not None and b.meant_to_match:
             used.add(oid)
-        rows.append({"label": labels.text(_short(b.title)), "mean": float(p["mean"]), "hdi_low": float(p["ci_low"]),
+        rows.append({"label": labels.text(shorten(b.title, 48)), "mean": float(p["mean"]), "hdi_low": float(p["ci_low"]),
                      "hdi_high": float(p["ci_high"]),
                      **({"est": f["est"], "lo": f["lo"], "hi": f["hi"]} if f and b.meant_to_match else {})})
     for oid, o in ctx.oracles.items():
@@ -295,13 +296,8 @@ def forest_rows(ctx: Any, labels: Labels) -> list[dict[str, Any]]:
         title = o.title or oid
         if not labels.paper:
             title = re.sub(r"^Table \d+ ", "Baseline ", title)
-        rows.append({"label": labels.text(_short(title)), "est": f["est"], "lo": f["lo"], "hi": f["hi"]})
+        rows.append({"label": labels.text(shorten(title, 48)), "est": f["est"], "lo": f["lo"], "hi": f["hi"]})
     return rows
-
-
-def _short(text: str, n: int = 48) -> str:
-    text = re.sub(r"\s+", " ", str(text)).strip()
-    return text if len(text) <= n else text[: n - 1].rstrip() + "\u2026"
 
 
 # Which config keys ask for an analysis family: a skip line is shown only when the user asked for it
