@@ -553,22 +553,31 @@ def path_figure(summary: pd.DataFrame, data: MediationData) -> Figure:
                                     fc=color, ec="black"))
         ax.text(*xy, text, ha="center", va="center", fontsize=9)
 
-    def arrow(p, q, label, rad=0.0, offset=(0, 0.02)):
+    def arrow(p, q, label=None, rad=0.0, offset=(0, 0.02)):
         ax.add_patch(FancyArrowPatch(p, q, arrowstyle="-|>", mutation_scale=14, lw=1.2,
                                      connectionstyle=f"arc3,rad={rad}"))
-        mid = ((p[0] + q[0]) / 2 + offset[0], (p[1] + q[1]) / 2 + offset[1])
-        ax.text(*mid, label, ha="center", va="center", fontsize=7.5,
-                bbox={"fc": "white", "ec": "none", "alpha": 0.85, "pad": 1})
+        if label is not None:
+            mid = ((p[0] + q[0]) / 2 + offset[0], (p[1] + q[1]) / 2 + offset[1])
+            ax.text(*mid, label, ha="center", va="center", fontsize=7.5,
+                    bbox={"fc": "white", "ec": "none", "alpha": 0.85, "pad": 1})
+
+    def beside(end, label, ha, above):
+        # A path label sits next to the mechanism box, on the side of the arrow's end that the arrow does
+        # not cross (above an arrow that arrives from below, and vice versa), so no label covers a line.
+        gap = -0.015 if ha == "right" else 0.015
+        ax.text(end[0] + gap, end[1] + (0.035 if above else -0.035), label, ha=ha, va="center", fontsize=7.5)
 
     box(src, data.treatment, "#dbe9f6")
     box(dst, data.outcome, "#f6e3db")
     for m, (mech, y) in enumerate(zip(data.mechanisms, ys)):
         pair = data.indicators[2 * m: 2 * m + 2]
         box((0.5, y), f"eta[{mech}]\n{pair[0]}, {pair[1]}", "#e8f3e1", half=0.15)
-        arrow((src[0] + 0.085, src[1]), (0.5 - 0.155, y), f"a = {_fmt(summary.loc[f'a[{mech}]'])}",
-              offset=(0.0, 0.03))
-        arrow((0.5 + 0.155, y), (dst[0] - 0.085, dst[1]), f"b = {_fmt(summary.loc[f'b[{mech}]'])}",
-              offset=(0.0, 0.03))
+        a_end, b_start = (0.5 - 0.155, y), (0.5 + 0.155, y)
+        arrow((src[0] + 0.085, src[1]), a_end)
+        arrow(b_start, (dst[0] - 0.085, dst[1]))
+        rising = y >= src[1]
+        beside(a_end, f"a = {_fmt(summary.loc[f'a[{mech}]'])}", "right", above=rising)
+        beside(b_start, f"b = {_fmt(summary.loc[f'b[{mech}]'])}", "left", above=rising)
         ax.text(0.5, y - 0.075, f"indirect {_fmt(summary.loc[f'indirect[{mech}]'])}", ha="center",
                 fontsize=7, color="#2d6a2d")
     arrow((src[0], src[1] - 0.05), (dst[0], dst[1] - 0.05), f"c' (direct) = {_fmt(summary.loc['direct'])}",
