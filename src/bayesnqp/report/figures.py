@@ -9,32 +9,43 @@ from matplotlib.figure import Figure
 from ..checks.agreement import MATCH_TOLERANCE_Z
 
 
-def agreement_figure(tables: dict[str, pd.DataFrame], meant_to_match: dict[str, bool]) -> Figure:
-    """z = (posterior mean - estimate) / SE for every shared coefficient, one row per (model, term).
-
-    Models meant to match their oracle are drawn in blue with the |z| <= 0.1 band; the others in grey.
-    """
-    rows = [(mid, term, float(t.loc[term, "z"])) for mid, t in tables.items() for term in t.index]
-    height = max(2.5, 0.22 * len(rows) + 1.2)
-    fig = Figure(figsize=(7.5, height))
+def agreement_figure(tables: dict[str, pd.DataFrame], meant_to_match: dict[str, bool], *,
+                     key_term: str | None = None, key_label: str | None = None) -> Figure:
+    """z = (posterior mean - estimate) / SE of every shared coefficient: one row per model (so the figure
+    keeps a page's height however many terms each model shares), each term a small dot, ``key_term`` a
+    large one. Models meant to match their oracle are blue, with the |z| <= tolerance band; others grey.
+    The per-term values are in the table beside the figure."""
+    models = [mid for mid, t in tables.items() if len(t.index)]
+    fig = Figure(figsize=(7.5, max(2.5, 0.28 * len(models) + 1.4)))
     ax = fig.subplots()
-    if not rows:
+    if not models:
         ax.text(0.5, 0.5, "no posterior has a frequentist oracle in this run", ha="center", va="center")
         ax.set_axis_off()
         return fig
-    y = np.arange(len(rows))[::-1]
-    colors = ["#1f5fa8" if meant_to_match.get(mid, False) else "#9a9a9a" for mid, _, _ in rows]
-    zs = np.array([z for _, _, z in rows])
+    zs = np.concatenate([pd.to_numeric(tables[m]["z"], errors="coerce").to_numpy(dtype=float) for m in models])
     lim = max(0.5, float(np.nanmax(np.abs(zs))) * 1.1) if np.isfinite(zs).any() else 0.5
     ax.axvspan(-MATCH_TOLERANCE_Z, MATCH_TOLERANCE_Z, color="#cfe3f7", zorder=0,
                label=f"|z| <= {MATCH_TOLERANCE_Z} (models meant to match)")
     ax.axvline(0, color="black", lw=0.8)
-    ax.scatter(np.clip(zs, -lim, lim), y, c=colors, zorder=3, s=22)
-    ax.set_yticks(y, [f"{mid}: {term}" for mid, term, _ in rows], fontsize=7)
+    y_of = {mid: i for i, mid in enumerate(reversed(models))}
+    keyed = False
+    for mid in models:
+        z = pd.to_numeric(tables[mid]["z"], errors="coerce")
+        color = "#1f5fa8" if meant_to_match.get(mid, False) else "#9a9a9a"
+        others = z[[t != key_term for t in z.index]]
+        ax.scatter(np.clip(others.to_numpy(dtype=float), -lim, lim), np.full(len(others), y_of[mid]),
+                   color=color, alpha=0.45, s=12, zorder=3, lw=0)
+        if key_term is not None and key_term in z.index:
+            ax.scatter([np.clip(float(z[key_term]), -lim, lim)], [y_of[mid]], color=color, marker="D", s=34,
+                       edgecolor="black", lw=0.6, zorder=4, label=None if keyed else (key_label or key_term))
+            keyed = True
+    ax.set_yticks(list(y_of.values()), list(y_of.keys()), fontsize=7.5)
+    ax.set_ylim(-0.7, len(models) - 0.3)
     ax.set_xlim(-lim, lim)
     ax.set_xlabel("z = (posterior mean - frequentist estimate) / frequentist SE")
-    ax.set_title("Posterior vs frequentist oracle (blue: meant to match; grey: different model)")
-    ax.legend(loc="lower right", fontsize=7)
+    ax.set_title("Posterior vs frequentist estimate, every shared term\n"
+                 "(blue: meant to match; grey: a different model; small dots: other terms)", fontsize=9)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=7, frameon=False)
     fig.tight_layout()
     return fig
 

@@ -343,8 +343,9 @@ def stage_agreement(ctx: RunContext) -> None:
     table = pd.DataFrame(rows).set_index(["model", "term"])
     ctx.report.table(sec, "agreement_all", table, "Posterior mean and sd beside estimate and SE; "
                                                   "z = (posterior mean - estimate) / SE")
-    ctx.report.figure(sec, "agreement", agreement_figure(tables, {k: v.meant_to_match for k, v in ctx.bayes.items()}),
-                      "z-scores of every shared coefficient")
+    figure = agreement_figure(tables, {k: v.meant_to_match for k, v in ctx.bayes.items()},
+                              key_term=ctx.study.roles.treatment, key_label=ctx.report.labels.treatment)
+    ctx.report.figure(sec, "agreement", figure, "z-scores of every shared coefficient, one row per model")
 
 
 
