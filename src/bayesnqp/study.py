@@ -225,7 +225,9 @@ def compute(study: StudyData, options: RunOptions, workdir: Path,
                                                    and selection.prefixes is not None):
                 continue
             checked_progress(label)
+            began = time.perf_counter()
             stage(ctx)
+            ctx.stage_seconds[label] = round(time.perf_counter() - began, 2)
         summary["flagged"] = flag_records(ctx.flagged)
         finish_report(ctx, bayes_ran=options.bayes)  # overview box, flags, Bayesian paper tables, labels
         guard.check()
@@ -275,8 +277,8 @@ def publish(ctx: RunContext, out: Path, *, started: float | None = None,
                 report.render()
             finally:
                 report.out = source
-            (staging / "run.json").write_text(json.dumps(run_info(time.time() if started is None else started),
-                                                         indent=2), encoding="utf-8")
+            info = {**run_info(time.time() if started is None else started), "stage_seconds": ctx.stage_seconds}
+            (staging / "run.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
             guard.check()
             with guard.critical():
                 replace_folder(staging, out)

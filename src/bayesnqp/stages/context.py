@@ -35,6 +35,8 @@ class RunContext:
     bootstrap_weights: pd.DataFrame | None = None
     # which analyses this run computes (``only=`` of the Python API); an unselected one is not run
     wants: Callable[[str], bool] = lambda analysis_id: True
+    # wall seconds per stage, for run.json (never summary.json: times differ between identical runs)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def add_oracle(self, result: AnalysisResult) -> AnalysisResult:
         self.oracles[result.id] = result
