@@ -22,8 +22,9 @@ app = typer.Typer(
     help="Rebuild the digital-agglomeration / new-quality-productive-forces city-panel study: the "
          "paper's frequentist tables, Bayesian hierarchical versions of each, and a browser report. "
          "Start with `bayesnqp run` (the bundled synthetic demo) or `bayesnqp run --data FILE --config FILE`.")
-err = Console(stderr=True)
-out = Console()
+# soft_wrap: rich would break long lines (file paths) with hard newlines; the terminal wraps them anyway
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 EXIT_INPUT = 2
 EXIT_STRICT = 3
