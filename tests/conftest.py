@@ -6,6 +6,9 @@ import os
 
 # Two shared cores: threaded BLAS oversubscribes them. Must be set before numpy is first imported.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# The optimisation level the command line uses (bayesnqp.cli.NUMBA_OPT_LEVEL): compiling at numba's default
+# level 3 would double the suite's cold compile time. Subprocess runs inherit it.
+os.environ.setdefault("NUMBA_OPT", "1")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
