@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 import numpy as np
 import pandas as pd
 
-from ..checks.diagnostics import CI_PROB
+from ..conventions import CI_PROB
 from ..names import AGGLOMERATION, CITY
 from ..results import AnalysisResult
 from .panel import draw_group_mean, fit_spec, finish

@@ -25,8 +25,7 @@ import pandas as pd
 import pymc as pm
 import pytensor.tensor as pt
 
-from ..checks.agreement import agreement
-from ..checks.diagnostics import diagnose, posterior_summary
+from ..conventions import agreement, diagnose, posterior_summary
 from ..names import AGGLOMERATION, CITY, COEF, YEAR
 from ..results import AnalysisResult
 from .result import BayesResult

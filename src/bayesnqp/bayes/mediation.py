@@ -66,8 +66,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 from .. import names
-from ..checks.agreement import agreement as agreement_table
-from ..checks.diagnostics import CI_PROB, diagnose, hdi_bounds, posterior_summary
+from ..conventions import diagnose, hdi, posterior_summary
+from ..conventions import agreement as agreement_table
 from ..errors import InputError, Problem
 from ..results import AnalysisResult
 from .result import BayesResult
@@ -276,12 +276,6 @@ def sensitivity_b(b: np.ndarray, psi: np.ndarray, sigma: np.ndarray, rho: np.nda
     with np.errstate(invalid="ignore", divide="ignore"):
         scale = np.where(denom > 0, sigma / np.sqrt(np.where(denom > 0, denom, 1.0)), np.nan)
     return b - scale[:, None] * u
-
-
-def hdi(samples: np.ndarray, prob: float = CI_PROB) -> tuple[float, float]:
-    """The report's interval of all draws pooled (NaN if any draw is NaN)."""
-    low, high = hdi_bounds(np.asarray(samples, dtype=float).reshape(-1, 1), prob)
-    return float(low[0]), float(high[0])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -58,8 +58,7 @@ import pymc as pm
 import pytensor.tensor as pt
 import xarray as xr
 
-from ..checks.agreement import agreement
-from ..checks.diagnostics import diagnose, posterior_summary
+from ..conventions import agreement, diagnose, hdi_contains, posterior_summary
 from ..names import AGGLOMERATION, CITY, COEF, YEAR
 from ..results import AnalysisResult
 from .errors import ErrorStructure, row_order, structured_city_logp, structured_city_random
@@ -939,15 +938,6 @@ def _json_table(table: pd.DataFrame) -> dict[str, dict[str, Any]]:
         out[str(idx)] = {k: (v if isinstance(v, (str, bool)) else float(v)) for k, v in row.items()
                          if not isinstance(v, (np.ndarray, list))}
     return out
-
-
-def hdi_contains(idata: az.InferenceData, var: str, truth: float | np.ndarray, prob: float = 0.94) -> np.ndarray:
-    """Whether the truth lies in the HDI of ``var`` (helper of the recovery tests)."""
-    h = az.hdi(idata.posterior[var], hdi_prob=prob)[var]
-    lo = np.asarray(h.sel(hdi="lower"))
-    hi = np.asarray(h.sel(hdi="higher"))
-    truth = np.asarray(truth)
-    return (lo <= truth) & (truth <= hi)
 
 
 __all__ = ["PanelData", "panel_data", "build_panel_model", "fit_spec", "city_effects_marginal",

@@ -12,7 +12,7 @@ import arviz as az
 import numpy as np
 import pandas as pd
 
-from ..checks.diagnostics import CI_KIND, CI_PROB, Diagnostics
+from ..conventions import CI_KIND, CI_PROB, Diagnostics
 from ..results import TIDY_COLUMNS, json_safe
 
 _COEF_LABEL = re.compile(r"^beta\[(.+)\]$")

@@ -49,8 +49,8 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from .. import names
-from ..checks.agreement import agreement as agreement_table
-from ..checks.diagnostics import CI_PROB, diagnose, hdi_bounds, posterior_summary
+from ..conventions import CI_PROB, diagnose, hdi_bounds, posterior_summary
+from ..conventions import agreement as agreement_table
 from ..data.weights import SpatialWeights
 from ..errors import InputError, Problem
 from ..results import AnalysisResult
