@@ -28,6 +28,7 @@ import pandas as pd
 
 from ..conventions import CI_PROB
 from ..names import AGGLOMERATION, CITY
+from ..panelops import median_split as median_split_values
 from ..results import AnalysisResult
 from .panel import draw_group_mean, fit_spec, finish
 from .result import BayesResult
@@ -45,7 +46,7 @@ def median_split(frame: pd.DataFrame, splitter: str) -> pd.Series:
     means = frame[splitter].groupby(level=CITY).mean()
     if means.isna().any():
         raise ValueError(f"{splitter}: no value for cities {means.index[means.isna()].tolist()[:5]}")
-    high = means > means.median()
+    high, _ = median_split_values(means.to_numpy())
     labels = pd.Series(np.where(high, "high", "low"), index=means.index.astype(str), name=splitter)
     return labels.astype(pd.CategoricalDtype(list(GROUPS), ordered=True))
 

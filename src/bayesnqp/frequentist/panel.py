@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import pyfixest as pf
 
-from bayesnqp import names
+from bayesnqp import names, panelops
 from bayesnqp.errors import InputError, Problem
 from bayesnqp.results import AnalysisResult, coef_frame
 
@@ -370,8 +370,8 @@ def median_split(frame: pd.DataFrame, splitter: str) -> tuple[pd.Series, float]:
         bad = list(means.index[means.isna()])[:5]
         raise InputError([Problem("panel", "splitter has no value for city", column=splitter, city=str(c))
                           for c in bad])
-    med = float(np.median(means.to_numpy()))
-    return means > med, med
+    high, med = panelops.median_split(means.to_numpy())
+    return pd.Series(high, index=means.index, name=means.name), med
 
 
 def heterogeneity(frame: pd.DataFrame, outcome: str = names.NQP, treatment: str = names.AGGLOMERATION,

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .. import names
+from ..names import PAPER_RHO
 from .labels import Labels
 from .numbers import shorten
 
@@ -28,7 +29,6 @@ FLAG_KINDS = ("convergence", "ppc", "pareto_k", "sd_ratio", "prior_sensitivity",
 _KIND_TITLES = {"convergence": "convergence", "ppc": "posterior predictive check", "pareto_k": "Pareto k (LOO)",
                 "sd_ratio": "posterior sd vs SE", "prior_sensitivity": "prior sensitivity",
                 "admissibility": "admissibility", "failed": "failed analysis"}
-PAPER_RHO = -2.1086  # the paper's Table 5 spatial autoregressive coefficient
 
 # Headline pairs: (frequentist id, Bayesian id, paper-design label, generic label).
 HEADLINE = (("table3_col4", "bayes_table3_col4", "Two-way FE, Table 3 (4)", "Two-way fixed effects"),

@@ -6,10 +6,9 @@ import pandas as pd
 
 from ..checks.flags import Flag, pareto_k_flags, ppc_flags
 from ..frequentist import spatial as fsp
+from ..names import PAPER_RHO
 from ..report.tables import paper_table
 from .context import RunContext
-
-PAPER_RHO = -2.1086
 
 
 def rho_sentence(weights, paper: bool = True) -> str:
@@ -89,13 +88,11 @@ def two_way_fitted(frame, weights, terms: list[str]):
     import numpy as np
 
     from .. import names
+    from ..panelops import within
 
     def cube(column: str) -> np.ndarray:
         wide = frame[column].unstack(names.YEAR).loc[list(weights.ids)]
         return wide.to_numpy(dtype=float)
-
-    def within(a: np.ndarray) -> np.ndarray:
-        return a - a.mean(axis=0, keepdims=True) - a.mean(axis=1, keepdims=True) + a.mean(axis=(0, 1), keepdims=True)
 
     y = cube(names.NQP)
     xw = np.stack([within(cube(t)) for t in terms], axis=-1)
