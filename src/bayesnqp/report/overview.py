@@ -235,7 +235,7 @@ def _verdict(rows: list[dict[str, Any]], roll: dict[str, Any], flags: list[dict[
         tone = "warn"
     elif matched:
         worst = max(abs(r["z"]) for r in matched)
-        from ..checks.agreement import MATCH_TOLERANCE_Z
+        from ..conventions import MATCH_TOLERANCE_Z
 
         if worst <= MATCH_TOLERANCE_Z:
             parts.append(f"Bayesian and frequentist estimates agree (max |z| {worst:.2f}).")
@@ -243,7 +243,7 @@ def _verdict(rows: list[dict[str, Any]], roll: dict[str, Any], flags: list[dict[
             parts.append(f"Bayesian and frequentist estimates disagree (max |z| {worst:.2f}).")
             tone = "bad"
     if bayes_ran:
-        from ..checks.flags import SD_RATIO_LOW
+        from ..conventions import SD_RATIO_LOW
 
         # models that are not meant to match (the error-structure headline) are judged too: how far the
         # weighting moves them and whether their interval is narrower than the design-based SE
