@@ -26,6 +26,7 @@ import pymc as pm
 import pytensor.tensor as pt
 
 from ..conventions import agreement, diagnose, posterior_summary
+from .. import names
 from ..names import AGGLOMERATION, CITY, COEF, YEAR
 from ..panelops import two_way_within_uncentred as two_way_demean
 from ..results import AnalysisResult
@@ -33,9 +34,9 @@ from .result import BayesResult
 from .sampling import SamplerSettings, sample
 from .spec import ModelSpec, load_spec, prior_param
 
-OBS = "obs"
-EQUATION = "equation"
-FIRST = "first_coef"
+OBS = names.OBS
+EQUATION = names.EQUATION
+FIRST = names.FIRST_COEF
 INSTRUMENT = "dist_trend"
 
 
@@ -75,9 +76,9 @@ def build_iv_model(d: dict[str, Any], spec: ModelSpec | None = None) -> pm.Model
     y, x, W, z = S[:, 0], S[:, 1], S[:, 2:2 + len(controls)], S[:, -1]
     sd = d["sd"]
     coords = {OBS: np.arange(d["n"]), COEF: [AGGLOMERATION, *controls], FIRST: [INSTRUMENT, *controls],
-              EQUATION: ["first_stage", "second_stage"], f"{EQUATION}_bis": ["first_stage", "second_stage"]}
+              EQUATION: ["first_stage", "second_stage"], names.EQUATION_BIS: ["first_stage", "second_stage"]}
     with pm.Model(coords=coords) as model:
-        Wd = pm.Data("W", W, dims=(OBS, "control")) if controls else None
+        Wd = pm.Data("W", W, dims=(OBS, names.CONTROL)) if controls else None
         zd = pm.Data("z", z, dims=OBS)
         obs = pm.Data("y_obs", np.column_stack([x, y]), dims=(OBS, EQUATION))
         scales = pm.Data("scales", sd)

@@ -290,10 +290,10 @@ def build_model(data: MediationData, spec: ModelSpec | None = None) -> pm.Model:
     onehot = np.zeros((2 * k, k))
     onehot[np.arange(2 * k), mech_of] = 1.0
     coords = {names.MECHANISM: list(data.mechanisms), names.INDICATOR: list(data.indicators),
-              "variable": list(data.variables), "variable_": list(data.variables)}
+              names.VARIABLE: list(data.variables), names.VARIABLE_BIS: list(data.variables)}
     with pm.Model(coords=coords) as model:
-        szz = pm.Data("szz", data.szz, dims=("variable", "variable_"))
-        szx = pm.Data("szx", data.szx, dims="variable")
+        szz = pm.Data("szz", data.szz, dims=(names.VARIABLE, names.VARIABLE_BIS))
+        szx = pm.Data("szx", data.szx, dims=names.VARIABLE)
         sxx = pm.Data("sxx", data.sxx)
         n_eff = pm.Data("n_eff", float(data.n_eff))
         scale_m = pm.Data("scale_m", data.scale_z[: 2 * k], dims=names.INDICATOR)
@@ -514,7 +514,7 @@ def path_figure(summary: pd.DataFrame, data: MediationData) -> Figure:
     def box(xy, text, color, half=0.085):
         ax.add_patch(FancyBboxPatch((xy[0] - half, xy[1] - 0.05), 2 * half, 0.1, boxstyle="round,pad=0.01",
                                     fc=color, ec="black"))
-        ax.text(*xy, text, ha="center", va="center", fontsize=9)
+        ax.text(xy[0], xy[1], text, ha="center", va="center", fontsize=9)
 
     def arrow(p, q, label, rad=0.0, offset=(0, 0.02)):
         ax.add_patch(FancyArrowPatch(p, q, arrowstyle="-|>", mutation_scale=14, lw=1.2,
@@ -664,7 +664,7 @@ def fit_mediation(frame: pd.DataFrame, controls: tuple[str, ...] | list[str],
         "ppc_p_values": {v: {"sd": r["p_sd"], "skew": r["p_skew"], "kurtosis": r["p_kurtosis"]}
                          for v, r in ppc.iterrows()},
     }
-    notes = (
+    notes: tuple[str, ...] = (
         "The agglomeration -> mechanism link (a_k) is what the two-way panel identifies, as in Table 4.",
         "The mechanism -> outcome link (b_k), and with it every indirect effect, rests on the assumption "
         "of no unobserved mediator-outcome confounding (Jiang Ting 2022 advises against estimating it); "
