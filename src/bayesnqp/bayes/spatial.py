@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -514,7 +514,7 @@ def fit_car(frame: pd.DataFrame, controls: list[str] | tuple[str, ...], weights:
     city_table["ci_width"] = city_table["ci_high"] - city_table["ci_low"]
     city_table = city_table.set_index("adcode")
     scale = bym2_scaling_factors(weights) if kind == "bym2" else None
-    extra = {"kind": kind, "n_regions": weights.n, "n_edges": int(len(weights.edges)),
+    extra: dict[str, Any] = {"kind": kind, "n_regions": weights.n, "n_edges": int(len(weights.edges)),
              "n_components": weights.n_components, "islands": list(weights.islands),
              "mundlak": bool(spec.options.get("mundlak", False)), "interval_prob": CI_PROB,
              "parametrisation": ("centred spectral (ICAR part integrated out, O(n^2))"
@@ -708,20 +708,20 @@ def fit_sdm(frame: pd.DataFrame, controls: list[str] | tuple[str, ...], weights:
     eff_summary = posterior_summary(idata, eff_names)
     summary = pd.concat([summary, eff_summary])
     diag = diagnose(idata, reported + ["direct_effect", "indirect_effect", "total_effect"])
-    lo, hi = weights.rho_bounds
+    rho_lo, rho_hi = weights.rho_bounds
     extra: dict = {"model": model, "effects_method": method, "dense_limit": DENSE_LIMIT,
                    "likelihood_form": spec.options.get("likelihood_form", "lee_yu_city"),
                    "two_way_effects": "within transformation (two-way projection of y, Wy, X, WX), i.e. city "
                                       "and year effects integrated out under flat priors; see likelihood_form",
-                   "rho_bounds": [lo, hi], "interval_prob": CI_PROB}
+                   "rho_bounds": [rho_lo, rho_hi], "interval_prob": CI_PROB}
     if model != "slx":
         rho_row = summary.loc["rho"]
-        inside = lo < PAPER_RHO < hi
+        inside = rho_lo < PAPER_RHO < rho_hi
         extra["paper_rho"] = PAPER_RHO
         extra["paper_rho_admissible"] = bool(inside)
         extra["paper_rho_note"] = (
             f"The paper's rho = {PAPER_RHO} lies {'inside' if inside else 'outside'} the admissible interval "
-            f"({lo:.4f}, 1) of the row-standardised W; the posterior of rho has mean {rho_row['mean']:.4f} "
+            f"({rho_lo:.4f}, 1) of the row-standardised W; the posterior of rho has mean {rho_row['mean']:.4f} "
             f"and 94% HDI [{rho_row['ci_low']:.4f}, {rho_row['ci_high']:.4f}].")
         extra["rho_posterior"] = {c: float(rho_row[c]) for c in ("mean", "sd", "ci_low", "ci_high")}
     agree, note, meant = None, "", False

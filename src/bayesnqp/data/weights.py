@@ -148,7 +148,7 @@ class SpatialWeights:
         """A libpysal ``W`` (binary, same ids), for esda / spreg."""
         from libpysal.weights import W
 
-        neighbors = {c: [] for c in self.ids}
+        neighbors: dict[str, list[str]] = {c: [] for c in self.ids}
         for i, j in self.edges:
             neighbors[self.ids[i]].append(self.ids[j])
             neighbors[self.ids[j]].append(self.ids[i])

@@ -60,7 +60,8 @@ def check_se(se: str) -> None:
 def vcov_spec(se: str) -> str | dict[str, str]:
     """The pyfixest ``vcov`` argument for an ``se`` option."""
     check_se(se)
-    return {"cluster": {"CRV1": _CITY_ID}, "iid": "iid", "hetero": "hetero"}[se]
+    options: dict[str, str | dict[str, str]] = {"cluster": {"CRV1": _CITY_ID}, "iid": "iid", "hetero": "hetero"}
+    return options[se]
 
 
 def prepare(frame: pd.DataFrame, columns: Sequence[str], *, what: str = "panel") -> pd.DataFrame:
@@ -218,7 +219,7 @@ def fit_panel(frame: pd.DataFrame, outcome: str, regressors: Sequence[str], *, c
         coefs = tidy_to_coefs(fit, rename, xs)
         const = fe_constant(data, y, xs, city_fe, year_fe, se, dk_lag)
         coefs.loc[_CONST] = const[coefs.columns].to_numpy(dtype=float)
-        note_const = ("constant: Stata-style _cons = mean(y) - b'mean(x), from the regression of the "
+        note_const: tuple[str, ...] = ("constant: Stata-style _cons = mean(y) - b'mean(x), from the regression of the "
                       "within-transformed variables plus grand means (xtreg, fe convention)",)
     else:
         coefs = tidy_to_coefs(fit, {**rename, "Intercept": _CONST}, [*xs, "Intercept"])

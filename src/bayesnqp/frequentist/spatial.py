@@ -359,7 +359,7 @@ def _effects_table(regressors: Sequence[str], beta: np.ndarray, theta: np.ndarra
         rows[name] = row
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "term"
-    info = {"draws": int(len(sims)), "draws_rejected_rho_outside_interval": rejected}
+    info: dict[str, float] = {"draws": int(len(sims)), "draws_rejected_rho_outside_interval": rejected}
     return table, info
 
 

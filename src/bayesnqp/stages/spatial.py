@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pandas as pd
 
 from ..checks.flags import Flag, pareto_k_flags, ppc_flags
@@ -148,7 +150,7 @@ def stage_spatial_bayes(ctx: RunContext) -> None:
         fits["leroux"] = leroux
     for model in ("sdm", "sar", "sem", "slx"):
         oracle = ctx.oracles.get({"sdm": "sdm_ml", "sar": "sar_ml", "sem": "sem_ml", "slx": "slx_ols"}[model])
-        x = ctx.guarded(f"bayes_{model}", lambda m=model, o=oracle: fit_sdm(frame, controls, w, s, o, model=m), sec)
+        x = ctx.guarded(f"bayes_{model}", functools.partial(fit_sdm, frame, controls, w, s, oracle, model=model), sec)
         if x:
             render_bayes(ctx, sec, x)
             fits[model] = x
