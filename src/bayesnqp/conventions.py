@@ -44,6 +44,9 @@ SD_RATIO_HIGH = 1.33
 PSENS_THRESHOLD = 0.05
 # a model that rebuilds its oracle under weak priors must land within this many oracle SEs
 MATCH_TOLERANCE_Z = 0.1
+# the kinds of flag record (summary.json ``flagged``), in the order the report lists them
+FLAG_KINDS: tuple[str, ...] = ("convergence", "ppc", "pareto_k", "sd_ratio", "prior_sensitivity", "admissibility",
+                               "failed")
 
 
 # ------------------------------------------------------------------------------------------------

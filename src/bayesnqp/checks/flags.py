@@ -30,11 +30,10 @@ import numpy as np
 import pandas as pd
 
 # the thresholds are set once in the conventions; re-exported here for the flags' callers
-from ..conventions import (PARETO_K_MAX, PARETO_K_SHARE, PPC_P_HIGH, PPC_P_LOW, PSENS_THRESHOLD, SD_RATIO_HIGH,
-                           SD_RATIO_LOW)
+from ..conventions import (FLAG_KINDS, PARETO_K_MAX, PARETO_K_SHARE, PPC_P_HIGH, PPC_P_LOW, PSENS_THRESHOLD,
+                           SD_RATIO_HIGH, SD_RATIO_LOW)
 
-KINDS: tuple[str, ...] = ("convergence", "ppc", "pareto_k", "sd_ratio", "prior_sensitivity", "admissibility",
-                          "failed")
+KINDS = FLAG_KINDS
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 
 from .. import names
+from ..conventions import FLAG_KINDS
 from ..names import PAPER_RHO
 from .labels import Labels
 from .numbers import shorten
 
-FLAG_KINDS = ("convergence", "ppc", "pareto_k", "sd_ratio", "prior_sensitivity", "admissibility", "failed")
 _KIND_TITLES = {"convergence": "convergence", "ppc": "posterior predictive check", "pareto_k": "Pareto k (LOO)",
                 "sd_ratio": "posterior sd vs SE", "prior_sensitivity": "prior sensitivity",
                 "admissibility": "admissibility", "failed": "failed analysis"}
