@@ -54,7 +54,7 @@ from ..conventions import agreement as agreement_table
 from ..data.weights import SpatialWeights
 from ..errors import InputError, Problem
 from ..names import PAPER_RHO
-from ..panelops import within
+from ..panelops import region_major, within
 from ..spatial_linalg import DENSE_LIMIT, Spectrum, spatial_effects
 from ..spatial_linalg import lag as _lag
 from ..spatial_linalg import log_det as log_det_i_minus_rho_w  # noqa: F401 (its former name here)
@@ -218,7 +218,7 @@ def panel_arrays(frame: pd.DataFrame, columns: list[str], weights: SpatialWeight
     if bad.any():
         raise InputError([Problem(who, "missing value in a spatial model column", city=str(c), year=int(y))
                           for c, y in sub.index[bad][:20]])
-    arr = sub.to_numpy(float).reshape(len(ids), len(years), len(columns))
+    arr = region_major(sub.to_numpy(float), len(ids), len(years))  # (n, T, columns)
     return arr[..., 0], arr[..., 1:], [int(y) for y in years]
 
 
