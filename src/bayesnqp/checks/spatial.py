@@ -59,7 +59,7 @@ def residual_draws(result: BayesResult, weights: SpatialWeights, frame: pd.DataF
     idata = result.idata
     info = result.spatial
     kind = info.kind if info is not None else None
-    outcome = info.outcome if info is not None else idata.attrs.get("outcome", names.NQP)
+    outcome = info.outcome if info is not None else names.NQP  # inside the panel the outcome is nqp
     draws = _draw_index(idata, n_draws, seed)
     post = idata.posterior.stack(sample=("chain", "draw")).isel(sample=draws)
     if info is not None and info.kind in SDM_KINDS:
@@ -137,7 +137,7 @@ def pointwise_loglik(result: BayesResult, weights: SpatialWeights, frame: pd.Dat
     idata = result.idata
     info = result.spatial
     kind = info.kind if info is not None else None
-    outcome = info.outcome if info is not None else idata.attrs.get("outcome", names.NQP)
+    outcome = info.outcome if info is not None else names.NQP  # inside the panel the outcome is nqp
     if info is not None and info.kind in SDM_KINDS:
         draws = _draw_index(idata, n_draws, seed)
         post = idata.posterior.stack(sample=("chain", "draw")).isel(sample=draws)
