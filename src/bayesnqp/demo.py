@@ -53,6 +53,7 @@ from .names import (
     TOTAL_EMPLOYMENT,
     YEAR,
 )
+from .panelops import within  # year means first (axes=(1, 0)), as the bundled demo was generated
 
 GENERATOR_VERSION = "1.0.0"
 DEFAULT_SEED = 20130101
@@ -253,11 +254,6 @@ def _indicators(y: np.ndarray, noise: dict[str, np.ndarray], rounded: bool) -> d
     return out
 
 
-def _two_way_demean(a: np.ndarray) -> np.ndarray:
-    """Within transformation of an (n, T, ...) balanced array over city and year."""
-    return a - a.mean(axis=1, keepdims=True) - a.mean(axis=0, keepdims=True) + a.mean(axis=(0, 1), keepdims=True)
-
-
 def twfe(y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Two-way FE slopes and city-clustered (CRV1) SEs for a balanced (n, T) outcome and (n, T, k) regressors.
 
@@ -265,8 +261,8 @@ def twfe(y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     the clusters and not counted; the T year effects are).
     """
     n, t, k = x.shape
-    yt = _two_way_demean(y).reshape(-1)
-    xt = _two_way_demean(x).reshape(n * t, k)
+    yt = within(y, axes=(1, 0)).reshape(-1)
+    xt = within(x, axes=(1, 0)).reshape(n * t, k)
     bread = np.linalg.inv(xt.T @ xt)
     beta = bread @ xt.T @ yt
     resid = (yt - xt @ beta).reshape(n, t)
@@ -537,7 +533,7 @@ def _index_effects(panel: pd.DataFrame, latent: dict) -> dict[str, Any]:
         total = float(np.mean(fprime * s_mat.sum(axis=1)[:, None]))
         out[label] = {"direct": direct, "indirect": total - direct, "total": total}
     # the same, weighted as a within (FE) estimator weights city-years: by the squared two-way demeaned LQ
-    vw = _two_way_demean(latent["lq"]) ** 2
+    vw = within(latent["lq"], axes=(1, 0)) ** 2
     vw = vw / vw.sum()
     s_mat = inv @ (np.diag(latent["slope_i"] + mediated) + pn["theta"] * latent["w"])
     out["fe_weighted_total_path"] = {"direct": float(np.sum(vw * fprime * np.diag(s_mat)[:, None])),
@@ -557,8 +553,8 @@ def _truth(seed: int, panel: pd.DataFrame, latent: dict, geo: _Geo) -> dict[str,
     yv = latent["y"].ravel()
     slope, intercept, r, _, _ = stats.linregress(yv, idx.ravel())
     # within (two-way demeaned) mapping: the one relevant to the FE slopes
-    wy = _two_way_demean(latent["y"]).ravel()
-    wi = _two_way_demean(idx).ravel()
+    wy = within(latent["y"], axes=(1, 0)).ravel()
+    wi = within(idx, axes=(1, 0)).ravel()
     kappa_within = float(wy @ wi / (wy @ wy))
     pn = PARAMS["nqp"]
     lo, hi = geo.weights.rho_bounds

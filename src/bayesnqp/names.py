@@ -6,12 +6,22 @@ Cities are keyed by 6-digit adcode strings, never by pinyin (福州/抚州 both 
 
 from __future__ import annotations
 
-# Dimensions of every panel and every InferenceData.
+# Dimensions of every panel and every InferenceData (the whole vocabulary is DIMS, at the end).
 CITY = "city"
 YEAR = "year"
 COEF = "coef"
 MECHANISM = "mechanism"
 INDICATOR = "indicator"
+# Further dimensions of the Bayesian models.
+OBS = "obs"  # one row of the (city, year) panel, in panel order (panel and IV models)
+EQUATION = "equation"  # IV: first and second stage
+EQUATION_BIS = "equation_bis"  # IV: the second axis of the stages' 2 x 2 error correlation
+FIRST_COEF = "first_coef"  # IV: first-stage coefficients (instrument, controls)
+CONTROL = "control"  # IV: the controls' columns of the design
+MUNDLAK = "mundlak"  # panel: the Mundlak city means of the regressors
+GROUP = "group"  # median-split groups (low, high)
+VARIABLE = "variable"  # mediation: the observed variables (indicators and outcome)
+VARIABLE_BIS = "variable_"  # mediation: the second axis of their cross-product matrix
 
 # Outcome and treatment, as in the paper.
 NQP = "nqp"
@@ -69,7 +79,16 @@ DIST_HANGZHOU = "dist_hangzhou"
 # Geography column (data/geography/cities.csv) holding each city's province.
 PROVINCE = "province"
 
+# The spatial autoregressive coefficient rho the paper reports (Table 5, spatial Durbin model); held
+# against the admissible interval of W only when the data are the paper's design.
+PAPER_RHO = -2.1086
+
 # The four municipalities (dropped in one robustness check).
 MUNICIPALITY_ADCODES: tuple[str, ...] = ("110000", "120000", "310000", "500000")
 
 SYNTHETIC_BANNER = "SYNTHETIC DEMO DATA"
+
+# Every dimension name a model may give its variables (dims= and coords of the PyMC builders); a test
+# holds the builders to it. The province slopes model uses PROVINCE as its group dimension.
+DIMS: tuple[str, ...] = (CITY, YEAR, COEF, MECHANISM, INDICATOR, OBS, EQUATION, EQUATION_BIS, FIRST_COEF, CONTROL,
+                         MUNDLAK, GROUP, PROVINCE, VARIABLE, VARIABLE_BIS)

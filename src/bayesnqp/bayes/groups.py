@@ -26,8 +26,10 @@ from matplotlib.figure import Figure
 import numpy as np
 import pandas as pd
 
-from ..checks.diagnostics import CI_PROB
+from ..conventions import CI_PROB
+from .. import names
 from ..names import AGGLOMERATION, CITY
+from ..panelops import median_split as median_split_values
 from ..results import AnalysisResult
 from .panel import draw_group_mean, fit_spec, finish
 from .result import BayesResult
@@ -45,7 +47,7 @@ def median_split(frame: pd.DataFrame, splitter: str) -> pd.Series:
     means = frame[splitter].groupby(level=CITY).mean()
     if means.isna().any():
         raise ValueError(f"{splitter}: no value for cities {means.index[means.isna()].tolist()[:5]}")
-    high = means > means.median()
+    high, _ = median_split_values(means.to_numpy())
     labels = pd.Series(np.where(high, "high", "low"), index=means.index.astype(str), name=splitter)
     return labels.astype(pd.CategoricalDtype(list(GROUPS), ordered=True))
 
@@ -71,11 +73,11 @@ def fit_groups(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], split
     results = []
     for splitter in splitters:
         labels = median_split(frame, splitter)
-        model, idata, pdata = fit_spec(frame, spec, controls, settings, slope_groups=labels, group_dim="group")
-        draw_group_mean(idata, spec, pdata, seed=settings.seed, dim="group")
+        model, idata, pdata = fit_spec(frame, spec, controls, settings, slope_groups=labels, group_dim=names.GROUP)
+        draw_group_mean(idata, spec, pdata, seed=settings.seed, dim=names.GROUP)
         bg = idata.posterior["beta_group"]
         diff = bg.sel(group="high") - bg.sel(group="low")
-        idata.posterior["difference"] = diff.drop_vars("group", errors="ignore")
+        idata.posterior["difference"] = diff.drop_vars(names.GROUP, errors="ignore")
         p_high = float((diff > 0).mean())
         oracle = oracles.get(f"hetero_{splitter}")
         terms = None
@@ -139,12 +141,12 @@ def fit_province_slopes(frame: pd.DataFrame, controls: tuple[str, ...] | list[st
         raise ValueError(f"no province for cities {missing[:5]}")
     labels_of_cities = names_.loc[list(cities)].astype(str)
     model, idata, pdata = fit_spec(frame, spec, controls, settings, slope_groups=labels_of_cities,
-                                   group_dim="province")
-    draw_group_mean(idata, spec, pdata, seed=settings.seed, dim="province")
+                                   group_dim=names.PROVINCE)
+    draw_group_mean(idata, spec, pdata, seed=settings.seed, dim=names.PROVINCE)
     var_names = reported(idata, ["beta_group", "group_mean", "group_sd", "beta", "sigma", "sigma_city", "phi",
                                  "city_scale_sd", "slope_sd"])
     counts = labels_of_cities.value_counts()
-    fig = forest_plot(idata, "beta_group", "province", counts, display_labels(labels_of_cities, labels))
+    fig = forest_plot(idata, "beta_group", names.PROVINCE, counts, display_labels(labels_of_cities, labels))
     bg = idata.posterior["beta_group"]
     p_pos = (bg > 0).mean(("chain", "draw")).to_series()
     extra = {"n_provinces": int(len(counts)), "cities_per_province": {str(k): int(v) for k, v in counts.items()},

@@ -25,42 +25,19 @@ import pandas as pd
 import pymc as pm
 import pytensor.tensor as pt
 
-from ..checks.agreement import agreement
-from ..checks.diagnostics import diagnose, posterior_summary
+from ..conventions import agreement, diagnose, posterior_summary
+from .. import names
 from ..names import AGGLOMERATION, CITY, COEF, YEAR
+from ..panelops import two_way_within_uncentred as two_way_demean
 from ..results import AnalysisResult
 from .result import BayesResult
 from .sampling import SamplerSettings, sample
-from .spec import ModelSpec, load_spec
+from .spec import ModelSpec, load_spec, prior_param
 
-OBS = "obs"
-EQUATION = "equation"
-FIRST = "first_coef"
+OBS = names.OBS
+EQUATION = names.EQUATION
+FIRST = names.FIRST_COEF
 INSTRUMENT = "dist_trend"
-
-
-def two_way_demean(values: np.ndarray, city_idx: np.ndarray, year_idx: np.ndarray, *, tol: float = 1e-13,
-                   max_iter: int = 10_000) -> np.ndarray:
-    """Remove city and year means from every column (alternating projections until the largest city or
-    year mean left is below ``tol`` times the column's scale)."""
-    x = np.array(values, dtype=float, copy=True).reshape(len(city_idx), -1)
-    scale = np.maximum(np.abs(x).max(axis=0), 1.0)
-    nc, nt = city_idx.max() + 1, year_idx.max() + 1
-    cc = np.bincount(city_idx, minlength=nc)[:, None]
-    ct = np.bincount(year_idx, minlength=nt)[:, None]
-    for _ in range(max_iter):
-        sums = np.zeros((nc, x.shape[1]))
-        np.add.at(sums, city_idx, x)
-        x -= (sums / cc)[city_idx]
-        sums = np.zeros((nt, x.shape[1]))
-        np.add.at(sums, year_idx, x)
-        year_means = sums / ct
-        x -= year_means[year_idx]
-        sums = np.zeros((nc, x.shape[1]))
-        np.add.at(sums, city_idx, x)
-        if max(np.abs(sums / cc).max(), np.abs(year_means).max()) < tol * scale.max():
-            return x
-    raise RuntimeError("two-way demeaning did not converge")
 
 
 def iv_data(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], distance_col: str,
@@ -91,18 +68,17 @@ def iv_data(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], distance
 
 def build_iv_model(d: dict[str, Any], spec: ModelSpec | None = None) -> pm.Model:
     """The joint first/second-stage model on within-transformed, standardised data."""
-    priors = spec.priors if spec is not None else {}
-    coef_sigma = float(priors.get("beta", {}).get("sigma", 1.0))
-    sd_sigma = float(priors.get("sigma", {}).get("sigma", 1.0))
-    eta = float(priors.get("corr", {}).get("eta", 2.0))
+    coef_sigma = prior_param(spec, "beta", 1.0)
+    sd_sigma = prior_param(spec, "sigma", 1.0)
+    eta = prior_param(spec, "corr", 2.0, key="eta")
     controls = d["controls"]
     S = d["std"]
     y, x, W, z = S[:, 0], S[:, 1], S[:, 2:2 + len(controls)], S[:, -1]
     sd = d["sd"]
     coords = {OBS: np.arange(d["n"]), COEF: [AGGLOMERATION, *controls], FIRST: [INSTRUMENT, *controls],
-              EQUATION: ["first_stage", "second_stage"], f"{EQUATION}_bis": ["first_stage", "second_stage"]}
+              EQUATION: ["first_stage", "second_stage"], names.EQUATION_BIS: ["first_stage", "second_stage"]}
     with pm.Model(coords=coords) as model:
-        Wd = pm.Data("W", W, dims=(OBS, "control")) if controls else None
+        Wd = pm.Data("W", W, dims=(OBS, names.CONTROL)) if controls else None
         zd = pm.Data("z", z, dims=OBS)
         obs = pm.Data("y_obs", np.column_stack([x, y]), dims=(OBS, EQUATION))
         scales = pm.Data("scales", sd)

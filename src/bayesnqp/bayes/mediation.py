@@ -66,13 +66,14 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 from .. import names
-from ..checks.agreement import agreement as agreement_table
-from ..checks.diagnostics import CI_PROB, diagnose, hdi_bounds, posterior_summary
+from ..conventions import diagnose, hdi, posterior_summary
+from ..panelops import two_way_within
+from ..conventions import agreement as agreement_table
 from ..errors import InputError, Problem
 from ..results import AnalysisResult
 from .result import BayesResult
 from .sampling import SamplerSettings, sample
-from .spec import ModelSpec, load_spec
+from .spec import ModelSpec, load_spec, prior_param
 
 SPEC_ID = "bayes_mediation"
 DEFAULT_RHO_GRID: tuple[float, ...] = (-0.5, -0.4, -0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
@@ -137,34 +138,6 @@ class MediationData:
     @property
     def sxx(self) -> float:
         return float(self.x @ self.x)
-
-
-def _group_demean(values: np.ndarray, codes: np.ndarray, n_groups: int) -> np.ndarray:
-    sums = np.zeros((n_groups, values.shape[1]))
-    np.add.at(sums, codes, values)
-    counts = np.bincount(codes, minlength=n_groups)[:, None]
-    return values - (sums / counts)[codes]
-
-
-def two_way_within(values: np.ndarray, city_codes: np.ndarray, year_codes: np.ndarray,
-                   *, tol: float = 1e-13, max_iter: int = 10_000) -> np.ndarray:
-    """Residuals of ``values`` (n, p) on city and year dummies, by alternating projections.
-
-    On a balanced panel one sweep is exact; on an unbalanced one the sweeps converge to the projection.
-    """
-    values = np.asarray(values, dtype=float)
-    n_city, n_year = int(city_codes.max()) + 1, int(year_codes.max()) + 1
-    out = values - values.mean(axis=0)
-    scale = max(float(np.abs(out).max()), 1e-300)
-    for _ in range(max_iter):
-        out = _group_demean(out, city_codes, n_city)
-        out = _group_demean(out, year_codes, n_year)
-        # year means are now exactly zero; stop when the city means are too.
-        sums = np.zeros((n_city, out.shape[1]))
-        np.add.at(sums, city_codes, out)
-        if np.abs(sums / np.bincount(city_codes)[:, None]).max() <= tol * scale:
-            return out
-    raise RuntimeError("two-way demeaning did not converge (is the panel connected?)")
 
 
 def prepare_mediation_data(frame: pd.DataFrame, controls: tuple[str, ...] | list[str],
@@ -278,18 +251,8 @@ def sensitivity_b(b: np.ndarray, psi: np.ndarray, sigma: np.ndarray, rho: np.nda
     return b - scale[:, None] * u
 
 
-def hdi(samples: np.ndarray, prob: float = CI_PROB) -> tuple[float, float]:
-    """The report's interval of all draws pooled (NaN if any draw is NaN)."""
-    low, high = hdi_bounds(np.asarray(samples, dtype=float).reshape(-1, 1), prob)
-    return float(low[0]), float(high[0])
-
-
 # --------------------------------------------------------------------------------------------------
 # the PyMC model
-
-
-def _prior(spec: ModelSpec, name: str, key: str, default: float) -> float:
-    return float(spec.priors.get(name, {}).get(key, default))
 
 
 def _unrolled_cholesky(mat, k: int) -> list[list]:
@@ -327,26 +290,26 @@ def build_model(data: MediationData, spec: ModelSpec | None = None) -> pm.Model:
     onehot = np.zeros((2 * k, k))
     onehot[np.arange(2 * k), mech_of] = 1.0
     coords = {names.MECHANISM: list(data.mechanisms), names.INDICATOR: list(data.indicators),
-              "variable": list(data.variables), "variable_": list(data.variables)}
+              names.VARIABLE: list(data.variables), names.VARIABLE_BIS: list(data.variables)}
     with pm.Model(coords=coords) as model:
-        szz = pm.Data("szz", data.szz, dims=("variable", "variable_"))
-        szx = pm.Data("szx", data.szx, dims="variable")
+        szz = pm.Data("szz", data.szz, dims=(names.VARIABLE, names.VARIABLE_BIS))
+        szx = pm.Data("szx", data.szx, dims=names.VARIABLE)
         sxx = pm.Data("sxx", data.sxx)
         n_eff = pm.Data("n_eff", float(data.n_eff))
         scale_m = pm.Data("scale_m", data.scale_z[: 2 * k], dims=names.INDICATOR)
         scale_y = pm.Data("scale_y", float(data.scale_z[-1]))
         scale_x = pm.Data("scale_x", float(data.scale_x))
 
-        a = pm.Normal("a_std", 0.0, _prior(spec, "a", "sigma", 1.0), dims=names.MECHANISM)
-        b = pm.Normal("b_std", 0.0, _prior(spec, "b", "sigma", 1.0), dims=names.MECHANISM)
-        c = pm.Normal("c_std", 0.0, _prior(spec, "c", "sigma", 1.0))
-        lam_free = pm.TruncatedNormal("loading_std", _prior(spec, "loading", "mu", 0.5),
-                                      _prior(spec, "loading", "sigma", 1.0), lower=0.0, dims=names.MECHANISM)
-        theta = pm.HalfNormal("theta", _prior(spec, "theta", "sigma", 1.0), dims=names.INDICATOR)
-        sigma = pm.HalfNormal("sigma", _prior(spec, "sigma", "sigma", 1.0))
-        zeta_sd_prior = _prior(spec, "zeta_sd", "sigma", 1.0)
+        a = pm.Normal("a_std", 0.0, prior_param(spec, "a", 1.0), dims=names.MECHANISM)
+        b = pm.Normal("b_std", 0.0, prior_param(spec, "b", 1.0), dims=names.MECHANISM)
+        c = pm.Normal("c_std", 0.0, prior_param(spec, "c", 1.0))
+        lam_free = pm.TruncatedNormal("loading_std", prior_param(spec, "loading", 0.5, key="mu"),
+                                      prior_param(spec, "loading", 1.0), lower=0.0, dims=names.MECHANISM)
+        theta = pm.HalfNormal("theta", prior_param(spec, "theta", 1.0), dims=names.INDICATOR)
+        sigma = pm.HalfNormal("sigma", prior_param(spec, "sigma", 1.0))
+        zeta_sd_prior = prior_param(spec, "zeta_sd", 1.0)
         if k >= 2:
-            chol, _, _ = pm.LKJCholeskyCov("zeta", n=k, eta=_prior(spec, "zeta_corr", "eta", 2.0),
+            chol, _, _ = pm.LKJCholeskyCov("zeta", n=k, eta=prior_param(spec, "zeta_corr", 2.0, key="eta"),
                                            sd_dist=pm.HalfNormal.dist(zeta_sd_prior, shape=k),
                                            compute_corr=True)
             chol_psi = chol
@@ -551,7 +514,7 @@ def path_figure(summary: pd.DataFrame, data: MediationData) -> Figure:
     def box(xy, text, color, half=0.085):
         ax.add_patch(FancyBboxPatch((xy[0] - half, xy[1] - 0.05), 2 * half, 0.1, boxstyle="round,pad=0.01",
                                     fc=color, ec="black"))
-        ax.text(*xy, text, ha="center", va="center", fontsize=9)
+        ax.text(xy[0], xy[1], text, ha="center", va="center", fontsize=9)
 
     def arrow(p, q, label=None, rad=0.0, offset=(0, 0.02)):
         ax.add_patch(FancyArrowPatch(p, q, arrowstyle="-|>", mutation_scale=14, lw=1.2,
@@ -710,7 +673,7 @@ def fit_mediation(frame: pd.DataFrame, controls: tuple[str, ...] | list[str],
         "ppc_p_values": {v: {"sd": r["p_sd"], "skew": r["p_skew"], "kurtosis": r["p_kurtosis"]}
                          for v, r in ppc.iterrows()},
     }
-    notes = (
+    notes: tuple[str, ...] = (
         "The agglomeration -> mechanism link (a_k) is what the two-way panel identifies, as in Table 4.",
         "The mechanism -> outcome link (b_k), and with it every indirect effect, rests on the assumption "
         "of no unobserved mediator-outcome confounding (Jiang Ting 2022 advises against estimating it); "

@@ -58,8 +58,8 @@ import pymc as pm
 import pytensor.tensor as pt
 import xarray as xr
 
-from ..checks.agreement import agreement
-from ..checks.diagnostics import diagnose, posterior_summary
+from ..conventions import agreement, diagnose, hdi_contains, posterior_summary
+from .. import names
 from ..names import AGGLOMERATION, CITY, COEF, YEAR
 from ..results import AnalysisResult
 from .errors import ErrorStructure, row_order, structured_city_logp, structured_city_random
@@ -67,7 +67,7 @@ from .result import BayesResult
 from .sampling import SamplerSettings, sample
 from .spec import ModelSpec, load_spec
 
-OBS = "obs"
+OBS = names.OBS
 SUPPORTED_CITY = ("none", "random", "mundlak")
 SUPPORTED_YEAR = ("none", "zerosum", "fixed")
 SUPPORTED_LIKELIHOOD = ("normal", "student_t", "lognormal")
@@ -267,7 +267,7 @@ def _outcome_scale(y: np.ndarray, likelihood: str) -> tuple[float, float]:
 
 
 def build_panel_model(pdata: PanelData, spec: ModelSpec, *, likelihood: str | None = None,
-                      slope_groups: pd.Series | None = None, group_dim: str = "group",
+                      slope_groups: pd.Series | None = None, group_dim: str = names.GROUP,
                       slope_term: str = AGGLOMERATION) -> pm.Model:
     """The PyMC model of ``spec`` on ``pdata`` (no sampling).
 
@@ -339,7 +339,7 @@ def build_panel_model(pdata: PanelData, spec: ModelSpec, *, likelihood: str | No
         common = terms
         coords[COEF] = terms
     if zbar is not None:
-        coords["mundlak"] = mundlak_names
+        coords[names.MUNDLAK] = mundlak_names
 
     common_idx = [terms.index(t) for t in common]
     with pm.Model(coords=coords) as model:
@@ -402,8 +402,8 @@ def build_panel_model(pdata: PanelData, spec: ModelSpec, *, likelihood: str | No
             sigma_city = pm.HalfNormal("sigma_city_std", prior(spec, "sigma_city")["sigma"])
             centre = alpha
             if zbar is not None:
-                Zbar = pm.Data("Zbar", zbar, dims=(CITY, "mundlak"))
-                gamma = pm.Normal("gamma", 0.0, prior(spec, "gamma")["sigma"], dims="mundlak")
+                Zbar = pm.Data("Zbar", zbar, dims=(CITY, names.MUNDLAK))
+                gamma = pm.Normal("gamma", 0.0, prior(spec, "gamma")["sigma"], dims=names.MUNDLAK)
                 centre = alpha + Zbar @ gamma
             elif re_means is not None:
                 Xbar = pm.Data("Xbar", re_means, dims=(CITY, COEF))
@@ -674,7 +674,7 @@ def finish(spec: ModelSpec, model: pm.Model, idata: az.InferenceData, *, oracle:
 
 def fit_spec(frame: pd.DataFrame, spec: ModelSpec, controls: tuple[str, ...] | list[str],
              settings: SamplerSettings, *, likelihood: str | None = None, log_likelihood: bool = False,
-             slope_groups: pd.Series | None = None, group_dim: str = "group"
+             slope_groups: pd.Series | None = None, group_dim: str = names.GROUP
              ) -> tuple[pm.Model, az.InferenceData, PanelData]:
     """Build and sample one panel spec."""
     lik = likelihood or spec.likelihood
@@ -939,15 +939,6 @@ def _json_table(table: pd.DataFrame) -> dict[str, dict[str, Any]]:
         out[str(idx)] = {k: (v if isinstance(v, (str, bool)) else float(v)) for k, v in row.items()
                          if not isinstance(v, (np.ndarray, list))}
     return out
-
-
-def hdi_contains(idata: az.InferenceData, var: str, truth: float | np.ndarray, prob: float = 0.94) -> np.ndarray:
-    """Whether the truth lies in the HDI of ``var`` (helper of the recovery tests)."""
-    h = az.hdi(idata.posterior[var], hdi_prob=prob)[var]
-    lo = np.asarray(h.sel(hdi="lower"))
-    hi = np.asarray(h.sel(hdi="higher"))
-    truth = np.asarray(truth)
-    return (lo <= truth) & (truth <= hi)
 
 
 __all__ = ["PanelData", "panel_data", "build_panel_model", "fit_spec", "city_effects_marginal",

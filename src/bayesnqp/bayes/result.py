@@ -12,10 +12,27 @@ import arviz as az
 import numpy as np
 import pandas as pd
 
-from ..checks.diagnostics import CI_KIND, CI_PROB, Diagnostics
+from ..conventions import CI_KIND, CI_PROB, Diagnostics
 from ..results import TIDY_COLUMNS, json_safe
 
 _COEF_LABEL = re.compile(r"^beta\[(.+)\]$")
+
+
+@dataclass(frozen=True)
+class SpatialFit:
+    """What the spatial checks need to rebuild a spatial model's residuals and pointwise densities.
+
+    ``kind``: "car" or one of the SDM family ("sdm", "sar", "sem", "slx"); ``terms``: the regressors in
+    the order of the ``coef`` dim; ``outcome``: the outcome column. CAR models are sampled on the
+    standardised scale: ``y_mean``, ``y_sd`` and the regressors' ``x_mean``, ``x_sd`` map them back."""
+
+    kind: str
+    terms: tuple[str, ...]
+    outcome: str
+    y_mean: float = 0.0
+    y_sd: float = 1.0
+    x_mean: tuple[float, ...] = ()
+    x_sd: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -24,7 +41,8 @@ class BayesResult:
     r_hat, ess_bulk, ess_tail). ``agreement``: checks.agreement() table against the frequentist oracle,
     or None where there is none; ``agreement_note`` says whether the model is meant to match and, if not,
     why the numbers differ. ``tables``/``figures`` are extra outputs for the report (figures are
-    matplotlib Figures keyed by file stem)."""
+    matplotlib Figures keyed by file stem). ``spatial``: set by the spatial model families, read by the
+    spatial checks (None for every other model)."""
 
     id: str
     title: str
@@ -38,6 +56,7 @@ class BayesResult:
     extra: dict[str, Any] = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     figures: dict[str, Any] = field(default_factory=dict)
+    spatial: SpatialFit | None = None
 
     def tidy(self) -> pd.DataFrame:
         """One row per reported quantity (index ``Coefficient``), columns ``TIDY_COLUMNS``: posterior mean

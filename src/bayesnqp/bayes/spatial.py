@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -49,14 +49,19 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from .. import names
-from ..checks.agreement import agreement as agreement_table
-from ..checks.diagnostics import CI_PROB, diagnose, hdi_bounds, posterior_summary
+from ..conventions import CI_PROB, diagnose, hdi_bounds, posterior_summary
+from ..conventions import agreement as agreement_table
 from ..data.weights import SpatialWeights
 from ..errors import InputError, Problem
+from ..names import PAPER_RHO
+from ..panelops import region_major, within
+from ..spatial_linalg import DENSE_LIMIT, Spectrum, spatial_effects
+from ..spatial_linalg import lag as _lag
+from ..spatial_linalg import log_det as log_det_i_minus_rho_w  # noqa: F401 (its former name here)
 from ..results import AnalysisResult
-from .result import BayesResult
+from .result import BayesResult, SpatialFit
 from .sampling import SamplerSettings, sample
-from .spec import ModelSpec, load_spec
+from .spec import ModelSpec, load_spec, prior_param
 
 CarKind = Literal["bym2", "leroux"]
 SdmModel = Literal["sdm", "sar", "sem", "slx"]
@@ -68,8 +73,6 @@ SDM_KINDS: tuple[str, ...] = ("sdm", "sar", "sem", "slx")
 #   O(1/n) bias of rho too, but needs W 1 = 1 (no islands) to be exact.
 # direct: T log|I - rho W| with nT observations (ML "direct approach", spreg's Panel_FE_*).
 LIKELIHOOD_FORMS: tuple[str, ...] = ("lee_yu_city", "lee_yu_two_way", "direct")
-PAPER_RHO = -2.1086  # the spatial coefficient the paper reports
-DENSE_LIMIT = 3000  # above this many regions: sparse scaling factors and trace-approximated effects
 
 
 # ================================================================================================
@@ -137,104 +140,6 @@ def icar_logp_numpy(u: np.ndarray, weights: SpatialWeights) -> float:
     return float(-0.5 * np.sum((u[e[:, 0]] - u[e[:, 1]]) ** 2) - 0.5 * np.sum(sums**2 / sizes))
 
 
-@dataclass(frozen=True)
-class EigenW:
-    """W = P diag(lam) P^-1 through the symmetric similar matrix D^-1/2 A D^-1/2 (islands: d = 1)."""
-
-    lam: np.ndarray
-    p: np.ndarray
-    p_inv: np.ndarray
-
-    @classmethod
-    def of(cls, weights: SpatialWeights) -> "EigenW":
-        d = weights.n_neighbors.astype(float)
-        d = np.where(d > 0, d, 1.0)  # island rows of A are zero, so any d reproduces W's zero row
-        a = weights.binary.toarray()
-        sym = a / np.sqrt(d)[:, None] / np.sqrt(d)[None, :]
-        lam, u = np.linalg.eigh(sym)
-        return cls(lam, u / np.sqrt(d)[:, None], u.T * np.sqrt(d)[None, :])
-
-
-def log_det_i_minus_rho_w(rho: float | np.ndarray, eigenvalues: np.ndarray) -> np.ndarray:
-    """log|I - rho W| = sum_k log(1 - rho lambda_k) (vectorised over rho)."""
-    rho = np.asarray(rho, dtype=float)
-    return np.log1p(-rho[..., None] * eigenvalues).sum(axis=-1)
-
-
-def spatial_effects(rho: np.ndarray, beta: np.ndarray, theta: np.ndarray, weights: SpatialWeights,
-                    method: Literal["auto", "exact", "trace"] = "auto", n_terms: int | None = None,
-                    n_probes: int = 50, seed: int = 0, eig: EigenW | None = None) -> dict[str, np.ndarray]:
-    """Direct / indirect / total effects of one regressor for every draw (LeSage & Pace 2009).
-
-    S(rho) = (I - rho W)^-1 (beta I + theta W). ``rho``, ``beta``, ``theta``: arrays of draws (same shape).
-    Returns average effects (``direct``, ``indirect``, ``total``, ``theta_share`` = theta's part of the
-    direct effect / direct) with the draws' shape, and per-region ``direct_city``, ``total_city``,
-    ``indirect_city`` with shape (draws, n). ``exact`` uses the eigen-decomposition of W (n up to a few
-    thousand); ``trace`` the power series sum_k rho^k W^k with diagonals of W^k from Hutchinson probes
-    (Rademacher, ``n_probes``) and exact W^k 1; ``auto`` switches at ``DENSE_LIMIT`` regions.
-    The series is truncated after ``n_terms`` (default: enough that max|rho|^(K+1) / (1 - max|rho|) <= 0.01,
-    at most 4000) and its remainder added in closed form, each parity's last term carried on geometrically
-    (exact once diag(W^k) has settled, and for bipartite components, where lambda_min = -1 makes it
-    alternate), so the effects stay accurate for |rho| near 1.
-    """
-    rho, beta, theta = (np.asarray(x, dtype=float) for x in (rho, beta, theta))
-    shape = rho.shape
-    rho, beta, theta = rho.ravel(), beta.ravel(), theta.ravel()
-    n = weights.n
-    use_exact = method == "exact" or (method == "auto" and n <= DENSE_LIMIT)
-    if use_exact:
-        eig = eig or EigenW.of(weights)
-        lam = eig.lam
-        denom = 1.0 - rho[:, None] * lam[None, :]
-        f = (beta[:, None] + theta[:, None] * lam[None, :]) / denom  # (draws, n): eigenvalues of S
-        f_theta = theta[:, None] * lam[None, :] / denom
-        g = eig.p * eig.p_inv.T  # G_ik = P_ik (P^-1)_ki, so diag(S) = G f
-        direct_city = f @ g.T
-        b1 = eig.p_inv @ np.ones(n)
-        total_city = (f * b1[None, :]) @ eig.p.T
-        direct_theta = (f_theta @ g.T).mean(axis=1)
-    else:
-        rng = np.random.default_rng(seed)
-        w = weights.row_standardised
-        if n_terms is None:
-            r_max = min(float(np.max(np.abs(rho), initial=0.0)), 0.999)
-            n_terms = 100 if r_max <= 0.0 else int(np.clip(np.log(0.01 * (1 - r_max)) / np.log(r_max), 100, 4000))
-        probes = rng.choice([-1.0, 1.0], size=(n, n_probes))
-        diag_k = np.zeros((n_terms + 2, n))  # diag(W^k) estimates, k = 0..n_terms+1
-        rows_k = np.zeros((n_terms + 2, n))  # W^k 1 (exact)
-        z, one = probes.copy(), np.ones(n)
-        for k in range(n_terms + 2):
-            diag_k[k] = (probes * z).mean(axis=1) if k else 1.0
-            rows_k[k] = one
-            z, one = w @ z, w @ one
-        inv_diag = _power_series(rho, diag_k)        # diag((I - rho W)^-1)
-        winv_diag = _power_series(rho, diag_k[1:])   # diag(W (I - rho W)^-1)
-        inv_rows = _power_series(rho, rows_k)
-        winv_rows = _power_series(rho, rows_k[1:])
-        direct_city = beta[:, None] * inv_diag + theta[:, None] * winv_diag
-        total_city = beta[:, None] * inv_rows + theta[:, None] * winv_rows
-        direct_theta = (theta[:, None] * winv_diag).mean(axis=1)
-    direct = direct_city.mean(axis=1)
-    total = total_city.mean(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        share = np.where(direct != 0, direct_theta / direct, np.nan)
-    return {"direct": direct.reshape(shape), "indirect": (total - direct).reshape(shape),
-            "total": total.reshape(shape), "theta_share": share.reshape(shape),
-            "direct_city": direct_city, "total_city": total_city, "indirect_city": total_city - direct_city,
-            "method": np.array("exact" if use_exact else "trace")}
-
-
-def _power_series(rho: np.ndarray, terms: np.ndarray) -> np.ndarray:
-    """sum_k rho^k a_k for (draws,) rho and (M + 1, n) terms a_0..a_M, the remainder k > M in closed form
-    with a_k taken equal to the last computed term of the same parity."""
-    m = len(terms) - 1
-    powers = rho[:, None] ** np.arange(m + 1)[None, :]
-    head = powers @ terms
-    r = rho[:, None]
-    tail = (terms[m - 1][None, :] * r ** (m + 1) + terms[m][None, :] * r ** (m + 2)) / (1.0 - r ** 2)
-    return head + tail
-
-
 def conditional_loglik(e: np.ndarray, rho: np.ndarray, sigma: np.ndarray, weights: SpatialWeights, *,
                        two_way: bool = True) -> np.ndarray:
     """log p(y_it | y_-it) of a Gaussian SAR/SDM/SEM process for every draw, region and year.
@@ -286,7 +191,8 @@ def moran_i(values: np.ndarray, weights: SpatialWeights) -> np.ndarray:
 # ================================================================================================
 # data preparation
 # ================================================================================================
-def _panel(frame: pd.DataFrame, columns: list[str], weights: SpatialWeights, who: str) -> tuple[np.ndarray, np.ndarray, list[int]]:
+def panel_arrays(frame: pd.DataFrame, columns: list[str], weights: SpatialWeights, who: str
+                 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """(n, T) outcome and (n, T, k) regressors in the order of ``weights.ids``; validates the panel."""
     problems: list[Problem] = []
     missing = [c for c in columns if c not in frame.columns]
@@ -312,19 +218,12 @@ def _panel(frame: pd.DataFrame, columns: list[str], weights: SpatialWeights, who
     if bad.any():
         raise InputError([Problem(who, "missing value in a spatial model column", city=str(c), year=int(y))
                           for c, y in sub.index[bad][:20]])
-    arr = sub.to_numpy(float).reshape(len(ids), len(years), len(columns))
+    arr = region_major(sub.to_numpy(float), len(ids), len(years))  # (n, T, columns)
     return arr[..., 0], arr[..., 1:], [int(y) for y in years]
 
 
-def _within(x: np.ndarray) -> np.ndarray:
-    """Two-way within transformation over axes (region, year) = (0, 1) of a balanced panel."""
-    return x - x.mean(axis=0, keepdims=True) - x.mean(axis=1, keepdims=True) + x.mean(axis=(0, 1), keepdims=True)
-
-
-def _lag(w: sp.csr_array, x: np.ndarray) -> np.ndarray:
-    """W applied to every year (and regressor) of an (n, T, ...) array."""
-    n = x.shape[0]
-    return (w @ x.reshape(n, -1)).reshape(x.shape)
+_within = within  # the former private name, kept for its callers
+EigenW = Spectrum  # the former name of the spectrum of W
 
 
 def _sd(x: np.ndarray, axis=None) -> np.ndarray:
@@ -332,11 +231,12 @@ def _sd(x: np.ndarray, axis=None) -> np.ndarray:
     return np.where(s > 0, s, 1.0)
 
 
-def _prior(priors: dict, name: str, default: float) -> float:
-    return float(priors.get(name, {}).get("sigma", default))
+def model_terms(spec: ModelSpec, controls: list[str] | tuple[str, ...]) -> list[str]:
+    """The regressors of a spatial model: the spec's terms, or the treatment and the controls."""
+    return spec.expand_terms(tuple(controls)) if spec.terms else [names.AGGLOMERATION, *controls]
 
 
-def _with_spec(spec: ModelSpec | str, default: str) -> ModelSpec:
+def _with_spec(spec: ModelSpec | str | None, default: str) -> ModelSpec:
     return spec if isinstance(spec, ModelSpec) else load_spec(spec or default)
 
 
@@ -472,14 +372,13 @@ def build_car_model(frame: pd.DataFrame, controls: list[str] | tuple[str, ...], 
     Sampled on the standardised scale (y and every regressor divided by its sd); ``beta``,
     ``city_effect`` and ``year_effect`` are reported in the data's units.
     """
-    terms = spec.expand_terms(tuple(controls)) if spec.terms else [names.AGGLOMERATION, *controls]
-    y, x, years = _panel(frame, [spec.outcome, *terms], weights, spec.id)
+    terms = model_terms(spec, controls)
+    y, x, years = panel_arrays(frame, [spec.outcome, *terms], weights, spec.id)
     n, t, p = x.shape
     y_mean, y_sd = y.mean(), _sd(y)
     x_mean, x_sd = x.reshape(-1, p).mean(axis=0), _sd(x.reshape(-1, p), axis=0)
     ys = (y - y_mean) / y_sd
     xs = (x - x_mean) / x_sd
-    pri = spec.priors
     mundlak = bool(spec.options.get("mundlak", False))
     param = spec.options.get("parametrisation", "auto")
     if param not in ("auto", "centred", "noncentred"):
@@ -493,21 +392,21 @@ def build_car_model(frame: pd.DataFrame, controls: list[str] | tuple[str, ...], 
         xd = pm.Data("x", xs, dims=(names.CITY, names.YEAR, names.COEF))
         # Leroux: the proper CAR's constant direction (variance sigma^2 / (1 - rho)) is the intercept; a
         # separate one is not identified from it as rho -> 1 (y and X are centred, so it is near 0 anyway)
-        alpha = pm.Normal("alpha", 0.0, _prior(pri, "alpha", 1.0)) if kind == "bym2" else pt.zeros(())
-        beta_s = pm.Normal("beta_std", 0.0, _prior(pri, "beta", 1.0), dims=names.COEF)
+        alpha = pm.Normal("alpha", 0.0, prior_param(spec, "alpha", 1.0)) if kind == "bym2" else pt.zeros(())
+        beta_s = pm.Normal("beta_std", 0.0, prior_param(spec, "beta", 1.0), dims=names.COEF)
         pm.Deterministic("beta", beta_s * y_sd / x_sd, dims=names.COEF)
         # the city-level linear predictor: intercept, between part of X beta, Mundlak terms
         xbar = xd.mean(axis=1)
         level = alpha + pt.dot(xbar, beta_s)
         if mundlak:
-            delta = pm.Normal("delta_mundlak", 0.0, _prior(pri, "delta", 1.0), dims=names.COEF)
+            delta = pm.Normal("delta_mundlak", 0.0, prior_param(spec, "delta", 1.0), dims=names.COEF)
             level = level + pt.dot(xbar, delta)
         if kind == "bym2":
             scale = bym2_scaling_factors(weights)
             island = weights.n_neighbors == 0
-            rho_a = float(pri.get("rho", {}).get("alpha", 1.0))
-            rho_b = float(pri.get("rho", {}).get("beta", 1.0))
-            sigma_city = pm.HalfNormal("sigma_city_std", _prior(pri, "sigma_city", 1.0))
+            rho_a = prior_param(spec, "rho", 1.0, key="alpha")
+            rho_b = prior_param(spec, "rho", 1.0, key="beta")
+            sigma_city = pm.HalfNormal("sigma_city_std", prior_param(spec, "sigma_city", 1.0))
             pm.Deterministic("sigma_city", sigma_city * y_sd)
             rho = pm.Beta("rho", rho_a, rho_b)
             comp = weights.components
@@ -526,7 +425,7 @@ def build_car_model(frame: pd.DataFrame, controls: list[str] | tuple[str, ...], 
                 u = u_raw - (pt.zeros(weights.n_components)[comp].inc(u_raw) / sizes)[comp]
                 b = sigma_city * (struct_w * u + unstruct_w * v)
         elif kind == "leroux":
-            sigma_city = pm.HalfNormal("sigma_city_std", _prior(pri, "sigma_city", 1.0))
+            sigma_city = pm.HalfNormal("sigma_city_std", prior_param(spec, "sigma_city", 1.0))
             pm.Deterministic("sigma_city", sigma_city * y_sd)
             lam = pm.Uniform("rho", 0.0, 1.0)
             c = _leroux_dist("city_level_std", lam, sigma_city, weights, names.CITY, loc=level)
@@ -543,36 +442,44 @@ def build_car_model(frame: pd.DataFrame, controls: list[str] | tuple[str, ...], 
         if mundlak:
             # targets the two-way FE estimate: year effects of fixed scale (the Bayesian year dummies); a
             # hierarchical sd would shrink them and move beta off the two-way estimate
-            gamma = pm.ZeroSumNormal("year_std", sigma=_prior(pri, "year", 1.0), dims=names.YEAR)
+            gamma = pm.ZeroSumNormal("year_std", sigma=prior_param(spec, "year", 1.0), dims=names.YEAR)
         else:
-            sigma_year = pm.HalfNormal("sigma_year", _prior(pri, "sigma_year", 1.0))
+            sigma_year = pm.HalfNormal("sigma_year", prior_param(spec, "sigma_year", 1.0))
             gamma = pm.ZeroSumNormal("year_std", sigma=sigma_year, dims=names.YEAR)
         mu = mu + gamma[None, :]
         pm.Deterministic("city_effect", b * y_sd, dims=names.CITY)
         pm.Deterministic("year_effect", gamma * y_sd, dims=names.YEAR)
-        sigma = pm.HalfNormal("sigma_std", _prior(pri, "sigma", 1.0))
+        sigma = pm.HalfNormal("sigma_std", prior_param(spec, "sigma", 1.0))
         pm.Deterministic("sigma", sigma * y_sd)
         pm.Normal(spec.outcome, mu, sigma, observed=ys, dims=(names.CITY, names.YEAR))
-    model._bayesnqp_scale = {"y_mean": float(y_mean), "y_sd": float(y_sd), "terms": terms}  # type: ignore[attr-defined]
     return model
 
 
-def _car_fitted(idata, frame: pd.DataFrame, weights: SpatialWeights, terms: list[str], outcome: str,
-                draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def car_fit_info(frame: pd.DataFrame, controls: list[str] | tuple[str, ...], weights: SpatialWeights,
+                 spec: ModelSpec) -> SpatialFit:
+    """The CAR model's terms and standardisation (as ``build_car_model`` computes them from the data)."""
+    terms = model_terms(spec, controls)
+    y, x, _ = panel_arrays(frame, [spec.outcome, *terms], weights, spec.id)
+    xf = x.reshape(-1, len(terms))
+    return SpatialFit("car", tuple(terms), spec.outcome, float(y.mean()), float(_sd(y)),
+                      tuple(xf.mean(axis=0).tolist()), tuple(_sd(xf, axis=0).tolist()))
+
+
+def car_fitted(idata, frame: pd.DataFrame, weights: SpatialWeights, info: SpatialFit,
+               draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Observed y (n, T) and fitted means (draws, n, T) in data units, from the posterior."""
-    y, x, _ = _panel(frame, [outcome, *terms], weights, "ppc")
+    y, x, _ = panel_arrays(frame, [info.outcome, *info.terms], weights, "ppc")
     post = idata.posterior.stack(sample=("chain", "draw")).isel(sample=draws)
-    s = json.loads(idata.attrs["scale"])
     beta = post["beta"].transpose("sample", names.COEF).values
-    x_mean = np.asarray(s["x_mean"])
-    fit = s["y_mean"] + np.einsum("ntp,sp->snt", x - x_mean, beta)
+    x_mean = np.asarray(info.x_mean)
+    fit = info.y_mean + np.einsum("ntp,sp->snt", x - x_mean, beta)
     if "alpha" in post:
-        fit += post["alpha"].values[:, None, None] * s["y_sd"]
+        fit += post["alpha"].values[:, None, None] * info.y_sd
     fit += post["city_effect"].transpose("sample", names.CITY).values[:, :, None]
     fit += post["year_effect"].transpose("sample", names.YEAR).values[:, None, :]
     if "delta_mundlak" in post:
-        xs = (x - x_mean) / np.asarray(s["x_sd"])
-        fit += s["y_sd"] * np.einsum("np,sp->sn", xs.mean(axis=1), post["delta_mundlak"].transpose("sample", names.COEF).values)[:, :, None]
+        xs = (x - x_mean) / np.asarray(info.x_sd)
+        fit += info.y_sd * np.einsum("np,sp->sn", xs.mean(axis=1), post["delta_mundlak"].transpose("sample", names.COEF).values)[:, :, None]
     return y, fit
 
 
@@ -586,16 +493,15 @@ def fit_car(frame: pd.DataFrame, controls: list[str] | tuple[str, ...], weights:
     """
     spec = _with_spec(spec, "bayes_car" if kind == "bym2" else "bayes_car_leroux")
     model = build_car_model(frame, controls, weights, spec, kind)
-    terms = model._bayesnqp_scale["terms"]  # type: ignore[attr-defined]
+    info = car_fit_info(frame, controls, weights, spec)
+    terms = list(info.terms)
     run = spec.sampler_settings(settings)
     idata = sample(model, run, cache_key=f"{spec.id}:{spec.spec_hash}:{kind}:{weights.n}:{len(frame)}:{len(terms)}",
                    log_likelihood=True)
     idata.attrs.update(spec.attrs())
-    _, x, _ = _panel(frame, [spec.outcome, *terms], weights, spec.id)
-    xf = x.reshape(-1, len(terms))
-    idata.attrs["scale"] = json.dumps({"y_mean": model._bayesnqp_scale["y_mean"],  # type: ignore[attr-defined]
-                                       "y_sd": model._bayesnqp_scale["y_sd"],  # type: ignore[attr-defined]
-                                       "x_mean": xf.mean(axis=0).tolist(), "x_sd": _sd(xf, axis=0).tolist()})
+    # the fitted file says how it was made; the checks read ``BayesResult.spatial`` instead
+    idata.attrs["scale"] = json.dumps({"y_mean": info.y_mean, "y_sd": info.y_sd,
+                                       "x_mean": list(info.x_mean), "x_sd": list(info.x_sd)})
     idata.attrs["spatial_kind"] = "car"
     idata.attrs["terms"] = json.dumps(terms)
     idata.attrs["outcome"] = spec.outcome
@@ -608,7 +514,7 @@ def fit_car(frame: pd.DataFrame, controls: list[str] | tuple[str, ...], weights:
     city_table["ci_width"] = city_table["ci_high"] - city_table["ci_low"]
     city_table = city_table.set_index("adcode")
     scale = bym2_scaling_factors(weights) if kind == "bym2" else None
-    extra = {"kind": kind, "n_regions": weights.n, "n_edges": int(len(weights.edges)),
+    extra: dict[str, Any] = {"kind": kind, "n_regions": weights.n, "n_edges": int(len(weights.edges)),
              "n_components": weights.n_components, "islands": list(weights.islands),
              "mundlak": bool(spec.options.get("mundlak", False)), "interval_prob": CI_PROB,
              "parametrisation": ("centred spectral (ICAR part integrated out, O(n^2))"
@@ -637,7 +543,7 @@ def fit_car(frame: pd.DataFrame, controls: list[str] | tuple[str, ...], weights:
                        agreement=agree, meant_to_match=meant, agreement_note=note,
                        notes=(f"{weights.n} regions, {len(weights.edges)} edges, {weights.n_components} "
                               f"connected component(s), {len(weights.islands)} island(s).",),
-                       extra=extra, tables={"city_effects": city_table})
+                       extra=extra, tables={"city_effects": city_table}, spatial=info)
 
 
 # ================================================================================================
@@ -657,9 +563,9 @@ class SdmData:
 
 def sdm_data(frame: pd.DataFrame, terms: list[str], weights: SpatialWeights, outcome: str = names.NQP) -> SdmData:
     """Lag first (W on raw data, per year), then the two-way within transformation of every piece."""
-    y, x, years = _panel(frame, [outcome, *terms], weights, "sdm")
+    y, x, years = panel_arrays(frame, [outcome, *terms], weights, "sdm")
     w = weights.row_standardised
-    return SdmData(_within(y), _within(_lag(w, y)), _within(x), _within(_lag(w, x)), years, terms)
+    return SdmData(within(y), within(_lag(w, y)), within(x), within(_lag(w, x)), years, terms)
 
 
 def build_sdm_model(data: SdmData, weights: SpatialWeights, spec: ModelSpec, model: SdmModel = "sdm") -> pm.Model:
@@ -673,7 +579,6 @@ def build_sdm_model(data: SdmData, weights: SpatialWeights, spec: ModelSpec, mod
     x_sd = _sd(data.x.reshape(-1, p), axis=0)
     ys, wys = data.y / y_sd, data.wy / y_sd
     xs, wxs = data.x / x_sd, data.wx / x_sd
-    pri = spec.priors
     form = spec.options.get("likelihood_form", "lee_yu_city")
     if form not in LIKELIHOOD_FORMS:
         raise InputError([Problem(spec.id, f"options.likelihood_form must be one of {LIKELIHOOD_FORMS}, got {form!r}")])
@@ -682,15 +587,15 @@ def build_sdm_model(data: SdmData, weights: SpatialWeights, spec: ModelSpec, mod
     coords = {names.CITY: list(weights.ids), names.YEAR: data.years, names.COEF: data.terms}
     with pm.Model(coords=coords) as m:
         xd = pm.Data("x", xs, dims=(names.CITY, names.YEAR, names.COEF))
-        beta_s = pm.Normal("beta_std", 0.0, _prior(pri, "beta", 10.0), dims=names.COEF)
+        beta_s = pm.Normal("beta_std", 0.0, prior_param(spec, "beta", 10.0), dims=names.COEF)
         pm.Deterministic("beta", beta_s * y_sd / x_sd, dims=names.COEF)
         xb = pt.tensordot(xd, beta_s, axes=[[2], [0]])
         if durbin:
             wxd = pm.Data("wx", wxs, dims=(names.CITY, names.YEAR, names.COEF))
-            theta_s = pm.Normal("theta_std", 0.0, _prior(pri, "theta", 10.0), dims=names.COEF)
+            theta_s = pm.Normal("theta_std", 0.0, prior_param(spec, "theta", 10.0), dims=names.COEF)
             pm.Deterministic("theta", theta_s * y_sd / x_sd, dims=names.COEF)
             xb = xb + pt.tensordot(wxd, theta_s, axes=[[2], [0]])
-        sigma_s = pm.HalfNormal("sigma_std", _prior(pri, "sigma", 1.0))
+        sigma_s = pm.HalfNormal("sigma_std", prior_param(spec, "sigma", 1.0))
         pm.Deterministic("sigma", sigma_s * y_sd)
         if model != "slx":
             # the interval transform keeps rho inside the admissible (1/lambda_min, 1)
@@ -763,7 +668,7 @@ def fit_sdm(frame: pd.DataFrame, controls: list[str] | tuple[str, ...], weights:
     W_agglomeration, W_<control>, rho).
     """
     spec = _with_spec(spec, f"bayes_{model}")
-    terms = spec.expand_terms(tuple(controls)) if spec.terms else [names.AGGLOMERATION, *controls]
+    terms = model_terms(spec, controls)
     data = sdm_data(frame, terms, weights, spec.outcome)
     m = build_sdm_model(data, weights, spec, model)
     run = spec.sampler_settings(settings)
@@ -778,7 +683,7 @@ def fit_sdm(frame: pd.DataFrame, controls: list[str] | tuple[str, ...], weights:
     d = _sdm_draws(idata, data, weights, model)
     chains, ndraw = idata.posterior.sizes["chain"], idata.posterior.sizes["draw"]
     rho_eff = d["rho"] if model in ("sdm", "sar") else np.zeros_like(d["rho"])  # SEM: no global spillover
-    eig = EigenW.of(weights) if weights.n <= DENSE_LIMIT else None
+    eig = weights.spectrum if weights.n <= DENSE_LIMIT else None
     eff = {k: np.zeros((chains * ndraw, len(terms))) for k in ("direct", "indirect", "total", "theta_share")}
     city_tables: dict[str, pd.DataFrame] = {}
     method = "exact"
@@ -803,20 +708,20 @@ def fit_sdm(frame: pd.DataFrame, controls: list[str] | tuple[str, ...], weights:
     eff_summary = posterior_summary(idata, eff_names)
     summary = pd.concat([summary, eff_summary])
     diag = diagnose(idata, reported + ["direct_effect", "indirect_effect", "total_effect"])
-    lo, hi = weights.rho_bounds
+    rho_lo, rho_hi = weights.rho_bounds
     extra: dict = {"model": model, "effects_method": method, "dense_limit": DENSE_LIMIT,
                    "likelihood_form": spec.options.get("likelihood_form", "lee_yu_city"),
                    "two_way_effects": "within transformation (two-way projection of y, Wy, X, WX), i.e. city "
                                       "and year effects integrated out under flat priors; see likelihood_form",
-                   "rho_bounds": [lo, hi], "interval_prob": CI_PROB}
+                   "rho_bounds": [rho_lo, rho_hi], "interval_prob": CI_PROB}
     if model != "slx":
         rho_row = summary.loc["rho"]
-        inside = lo < PAPER_RHO < hi
+        inside = rho_lo < PAPER_RHO < rho_hi
         extra["paper_rho"] = PAPER_RHO
         extra["paper_rho_admissible"] = bool(inside)
         extra["paper_rho_note"] = (
             f"The paper's rho = {PAPER_RHO} lies {'inside' if inside else 'outside'} the admissible interval "
-            f"({lo:.4f}, 1) of the row-standardised W; the posterior of rho has mean {rho_row['mean']:.4f} "
+            f"({rho_lo:.4f}, 1) of the row-standardised W; the posterior of rho has mean {rho_row['mean']:.4f} "
             f"and 94% HDI [{rho_row['ci_low']:.4f}, {rho_row['ci_high']:.4f}].")
         extra["rho_posterior"] = {c: float(rho_row[c]) for c in ("mean", "sd", "ci_low", "ci_high")}
     agree, note, meant = None, "", False
@@ -841,6 +746,6 @@ def fit_sdm(frame: pd.DataFrame, controls: list[str] | tuple[str, ...], weights:
     return BayesResult(id=spec.id, title=title, idata=idata, summary=summary, diagnostics=diag,
                        agreement=agree, meant_to_match=meant, agreement_note=note,
                        notes=(f"Effects: {method} ({'eigen-decomposition of W' if method == 'exact' else 'power series with Hutchinson traces'}).",),
-                       extra=extra, tables=city_tables)
+                       extra=extra, tables=city_tables, spatial=SpatialFit(model, tuple(terms), spec.outcome))
 
 

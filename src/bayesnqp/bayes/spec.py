@@ -83,6 +83,12 @@ class ModelSpec:
         return ModelSpec(**{**asdict(self), **changes})
 
 
+def prior_param(spec: ModelSpec | None, name: str, default: float, key: str = "sigma") -> float:
+    """One number of a prior: the spec's ``priors.<name>.<key>``, or ``default`` where it sets none."""
+    priors = spec.priors if spec is not None else {}
+    return float(priors.get(name, {}).get(key, default))
+
+
 def parse_spec(raw: dict[str, Any], source: str) -> ModelSpec:
     problems = [Problem(source, f"unknown key '{k}'") for k in sorted(set(raw) - _TOP_KEYS)]
     for key in ("id", "title", "builder"):

@@ -1,13 +1,14 @@
 """Flags: the one place where a check's result becomes a record in summary.json ``flagged``.
 
 A flag is ``{"id": <analysis id>, "kind": <one of KINDS>, "message": <one plain sentence with the
-numbers>}``. Every threshold a check is judged by lives here, so the report, summary.json and
-``--strict`` (exit 3 on any flag) all apply the same rule. This module is a leaf: numpy and pandas only,
-nothing from the Bayesian code, so any stage or check can import it.
+numbers>}``. Every threshold a check is judged by is set in ``bayesnqp.conventions`` and applied here,
+so the report, summary.json and ``--strict`` (exit 3 on any flag) all apply the same rule. This module is
+a leaf: numpy, pandas and the conventions only, nothing from the Bayesian code, so any stage or check can
+import it.
 
 Thresholds and where they come from:
 
-* convergence: r_hat, ESS, divergences, BFMI (set in ``checks.diagnostics``; passed in as its messages);
+* convergence: r_hat, ESS, divergences, BFMI (judged by ``conventions.diagnose``; passed in as its messages);
 * ppc: a posterior predictive p-value of a reported statistic below ``PPC_P_LOW`` or above
   ``PPC_P_HIGH`` (the model almost never, or almost always, reproduces that feature of the data);
 * pareto_k: more than ``PARETO_K_SHARE`` of the observations with Pareto k above ``PARETO_K_MAX``
@@ -28,16 +29,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-KINDS: tuple[str, ...] = ("convergence", "ppc", "pareto_k", "sd_ratio", "prior_sensitivity", "admissibility",
-                          "failed")
+# the thresholds are set once in the conventions; re-exported here for the flags' callers
+from ..conventions import (FLAG_KINDS, PARETO_K_MAX, PARETO_K_SHARE, PPC_P_HIGH, PPC_P_LOW, PSENS_THRESHOLD,
+                           SD_RATIO_HIGH, SD_RATIO_LOW)
 
-PPC_P_LOW = 0.01
-PPC_P_HIGH = 0.99
-PARETO_K_MAX = 0.7
-PARETO_K_SHARE = 0.01
-SD_RATIO_LOW = 0.75
-SD_RATIO_HIGH = 1.33
-PSENS_THRESHOLD = 0.05
+KINDS = FLAG_KINDS
 
 
 @dataclass(frozen=True)

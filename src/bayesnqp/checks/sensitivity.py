@@ -78,7 +78,7 @@ def hierarchical_priors(model: pm.Model) -> list[str]:
     try:
         from pytensor.graph.traversal import ancestors
     except ImportError:  # pytensor < 2.31
-        from pytensor.graph.basic import ancestors  # type: ignore[no-redef]
+        from pytensor.graph.basic import ancestors
 
     free = set(model.free_RVs)
     out = []

@@ -22,7 +22,6 @@ observation given all the others, log p(y_it | y_-it):
 
 from __future__ import annotations
 
-import json
 import warnings
 from typing import Any, Callable
 
@@ -33,10 +32,10 @@ import xarray as xr
 
 from .. import names
 from ..bayes.result import BayesResult
-from ..bayes.spatial import (SDM_KINDS, _car_fitted, _panel, _within, conditional_loglik, moran_i,
-                             sdm_data, sdm_innovations)
+from ..bayes.spatial import SDM_KINDS, car_fitted, conditional_loglik, moran_i, panel_arrays, sdm_data, sdm_innovations
+from ..conventions import CI_PROB
 from ..data.weights import SpatialWeights
-from .diagnostics import CI_PROB
+from ..panelops import within
 
 FittedFn = Callable[[az.InferenceData, np.ndarray], np.ndarray]
 
@@ -58,19 +57,18 @@ def residual_draws(result: BayesResult, weights: SpatialWeights, frame: pd.DataF
     ``fitted(idata, draw_index) -> (draws, n, T)`` must be given.
     """
     idata = result.idata
-    kind = idata.attrs.get("spatial_kind")
-    outcome = idata.attrs.get("outcome", names.NQP)
+    info = result.spatial
+    kind = info.kind if info is not None else None
+    outcome = info.outcome if info is not None else names.NQP  # inside the panel the outcome is nqp
     draws = _draw_index(idata, n_draws, seed)
     post = idata.posterior.stack(sample=("chain", "draw")).isel(sample=draws)
-    if kind in SDM_KINDS:
-        terms = json.loads(idata.attrs["terms"])
-        data = sdm_data(frame, terms, weights, outcome)
-        return sdm_innovations(idata, data, weights, kind, draws), post["sigma"].values, True
-    if kind == "car":
-        terms = json.loads(idata.attrs["terms"])
-        y, fit = _car_fitted(idata, frame, weights, terms, outcome, draws)
+    if info is not None and info.kind in SDM_KINDS:
+        data = sdm_data(frame, list(info.terms), weights, outcome)
+        return sdm_innovations(idata, data, weights, info.kind, draws), post["sigma"].values, True
+    if info is not None and kind == "car":
+        y, fit = car_fitted(idata, frame, weights, info, draws)
         return y[None] - fit, post["sigma"].values, False
-    y, _, _ = _panel(frame, [outcome], weights, "ppc")
+    y, _, _ = panel_arrays(frame, [outcome], weights, "ppc")
     if fitted is not None:
         fit = fitted(idata, draws)
     elif "mu" in post:
@@ -98,7 +96,7 @@ def ppc_moran(results: dict[str, BayesResult], weights: SpatialWeights, frame: p
         i_obs = moran_i(resid, weights)  # (draws, T)
         rep = rng.normal(size=resid.shape) * sigma[:, None, None]
         if projected:
-            rep = _within(rep.transpose(1, 2, 0)).transpose(2, 0, 1)
+            rep = within(rep.transpose(1, 2, 0)).transpose(2, 0, 1)
         i_rep = moran_i(rep, weights)
         lo_q, hi_q = (1 - CI_PROB) / 2, 1 - (1 - CI_PROB) / 2
         for k, year in enumerate(years):
@@ -137,14 +135,14 @@ def pointwise_loglik(result: BayesResult, weights: SpatialWeights, frame: pd.Dat
                      n_draws: int | None = None, seed: int = 0) -> xr.DataArray:
     """log p(y_it | y_-it, draw) with dims (chain, draw, city, year), as described in the module notes."""
     idata = result.idata
-    kind = idata.attrs.get("spatial_kind")
-    outcome = idata.attrs.get("outcome", names.NQP)
-    if kind in SDM_KINDS:
+    info = result.spatial
+    kind = info.kind if info is not None else None
+    outcome = info.outcome if info is not None else names.NQP  # inside the panel the outcome is nqp
+    if info is not None and info.kind in SDM_KINDS:
         draws = _draw_index(idata, n_draws, seed)
         post = idata.posterior.stack(sample=("chain", "draw")).isel(sample=draws)
-        terms = json.loads(idata.attrs["terms"])
-        data = sdm_data(frame, terms, weights, outcome)
-        e = sdm_innovations(idata, data, weights, kind, draws)
+        data = sdm_data(frame, list(info.terms), weights, outcome)
+        e = sdm_innovations(idata, data, weights, info.kind, draws)
         rho = post["rho"].values if kind != "slx" else np.zeros(len(draws))
         ll = conditional_loglik(e, rho, post["sigma"].values, weights)
         years = data.years
@@ -153,9 +151,9 @@ def pointwise_loglik(result: BayesResult, weights: SpatialWeights, frame: pd.Dat
                                     names.YEAR: years})
     if "log_likelihood" in idata.groups() and outcome in idata.log_likelihood:
         ll = idata.log_likelihood[outcome]
-        if kind == "car":
+        if info is not None and kind == "car":
             # the CAR likelihood is on the standardised scale: add the Jacobian of y -> y / y_sd
-            ll = ll - np.log(json.loads(idata.attrs["scale"])["y_sd"])
+            ll = ll - np.log(info.y_sd)
         return ll
     resid, sigma, _ = residual_draws(result, weights, frame, n_draws, seed)
     ll = -0.5 * np.log(2 * np.pi * sigma[:, None, None] ** 2) - 0.5 * (resid / sigma[:, None, None]) ** 2
@@ -189,8 +187,9 @@ def spatial_compare(results: dict[str, BayesResult], weights: SpatialWeights, fr
         k = np.asarray(loo.pareto_k)
         per_model[label] = {"id": res.id, "elpd_loo": float(loo.elpd_loo), "se": float(loo.se),
                             "p_loo": float(loo.p_loo), "share_k_above_0.7": float(np.mean(k > 0.7)),
-                            "pointwise": "exact Gaussian conditional y_it | y_-it, effects integrated out" if res.idata.attrs.get(
-                                "spatial_kind") in SDM_KINDS else "likelihood given latent effects"}
+                            "pointwise": "exact Gaussian conditional y_it | y_-it, effects integrated out"
+                            if res.spatial is not None and res.spatial.kind in SDM_KINDS
+                            else "likelihood given latent effects"}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Pareto.*", category=UserWarning)
         table = az.compare(loos, ic="loo") if len(loos) > 1 else None

@@ -324,6 +324,7 @@ def load_study(data: str | Path | None, config: StudyConfig) -> StudyData:
     geo_cities = _bundled_cities()
     in_geo = geo_cities is not None and set(cities) <= set(geo_cities.index)
     if in_geo:
+        assert geo_cities is not None
         provinces = geo_cities.loc[cities, names.PROVINCE]
     own_geography = bool(config.weights_file) or config.spatial == "false"
     mixed = geo_cities is not None and not in_geo and bool(set(cities) & set(geo_cities.index))
@@ -383,10 +384,12 @@ def load_study(data: str | Path | None, config: StudyConfig) -> StudyData:
     else:
         frame[names.AGGLOMERATION] = frame[treatment_col]
     if instrument == names.DIST_HANGZHOU and instrument not in frame.columns:
+        assert geo_cities is not None  # the bundled distance is only the default for the bundled cities
         dist = geo_cities["dist_hangzhou_km"]
         frame[names.DIST_HANGZHOU] = dist.reindex(frame.index.get_level_values(names.CITY)).to_numpy()
     city_names = (frame["city_name"].groupby(level=names.CITY).first() if "city_name" in frame.columns
-                  else (geo_cities.loc[cities, "name_zh"] if in_geo else pd.Series(cities, index=cities)))
+                  else (geo_cities.loc[cities, "name_zh"] if in_geo and geo_cities is not None
+                        else pd.Series(cities, index=cities)))
     roles = Roles(outcome=names.NQP, treatment=names.AGGLOMERATION,
                   outcome_source="" if indicators else outcome_col,
                   treatment_source="" if employment else treatment_col, controls=tuple(controls), mechanisms=mechanisms,

@@ -4,7 +4,7 @@ Conventions (documented in ARCHITECTURE.md):
 - ``binary`` is the 0/1 adjacency A; ``row_standardised`` is W = D^-1 A. An island (no neighbour) keeps a
   zero row in W, so it neither sends nor receives spillovers: its W y and W x are 0.
 - The eigenvalues of W are real because W is similar to the symmetric D^-1/2 A D^-1/2; they are computed
-  once here (dense ``eigh``), never inside a log-density. rho is admissible in (1/lambda_min, 1).
+  once (``spatial_linalg``, cached here), never inside a log-density. rho is admissible in (1/lambda_min, 1).
 - ``components`` labels connected components (islands are singleton components); the CAR/BYM2 prior
   uses them for one sum-to-zero constraint and one scaling factor per component.
 """
@@ -20,6 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
+from .. import spatial_linalg
 from ..errors import InputError, Problem
 
 
@@ -122,10 +123,13 @@ class SpatialWeights:
     @cached_property
     def eigenvalues(self) -> np.ndarray:
         """Real eigenvalues of the row-standardised W, ascending (islands contribute zeros)."""
-        d = self.n_neighbors.astype(float)
-        inv_sqrt = np.divide(1.0, np.sqrt(d), out=np.zeros_like(d), where=d > 0)
-        sym = (inv_sqrt[:, None] * self.binary.toarray()) * inv_sqrt[None, :]
-        return np.linalg.eigvalsh(sym)
+        return spatial_linalg.eigenvalues(self.binary, self.n_neighbors)
+
+    @cached_property
+    def spectrum(self) -> spatial_linalg.Spectrum:
+        """W = P diag(lam) P^-1 (eigenvalues and eigenvectors), computed once and shared by the ML oracles
+        and the Bayesian spatial models."""
+        return spatial_linalg.Spectrum.of(self)
 
     @property
     def rho_bounds(self) -> tuple[float, float]:
@@ -144,7 +148,7 @@ class SpatialWeights:
         """A libpysal ``W`` (binary, same ids), for esda / spreg."""
         from libpysal.weights import W
 
-        neighbors = {c: [] for c in self.ids}
+        neighbors: dict[str, list[str]] = {c: [] for c in self.ids}
         for i, j in self.edges:
             neighbors[self.ids[i]].append(self.ids[j])
             neighbors[self.ids[j]].append(self.ids[i])

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import pyfixest as pf
 
-from bayesnqp import names
+from bayesnqp import names, panelops
 from bayesnqp.errors import InputError, Problem
 from bayesnqp.results import AnalysisResult, coef_frame
 
@@ -60,7 +60,8 @@ def check_se(se: str) -> None:
 def vcov_spec(se: str) -> str | dict[str, str]:
     """The pyfixest ``vcov`` argument for an ``se`` option."""
     check_se(se)
-    return {"cluster": {"CRV1": _CITY_ID}, "iid": "iid", "hetero": "hetero"}[se]
+    options: dict[str, str | dict[str, str]] = {"cluster": {"CRV1": _CITY_ID}, "iid": "iid", "hetero": "hetero"}
+    return options[se]
 
 
 def prepare(frame: pd.DataFrame, columns: Sequence[str], *, what: str = "panel") -> pd.DataFrame:
@@ -218,7 +219,7 @@ def fit_panel(frame: pd.DataFrame, outcome: str, regressors: Sequence[str], *, c
         coefs = tidy_to_coefs(fit, rename, xs)
         const = fe_constant(data, y, xs, city_fe, year_fe, se, dk_lag)
         coefs.loc[_CONST] = const[coefs.columns].to_numpy(dtype=float)
-        note_const = ("constant: Stata-style _cons = mean(y) - b'mean(x), from the regression of the "
+        note_const: tuple[str, ...] = ("constant: Stata-style _cons = mean(y) - b'mean(x), from the regression of the "
                       "within-transformed variables plus grand means (xtreg, fe convention)",)
     else:
         coefs = tidy_to_coefs(fit, {**rename, "Intercept": _CONST}, [*xs, "Intercept"])
@@ -370,8 +371,8 @@ def median_split(frame: pd.DataFrame, splitter: str) -> tuple[pd.Series, float]:
         bad = list(means.index[means.isna()])[:5]
         raise InputError([Problem("panel", "splitter has no value for city", column=splitter, city=str(c))
                           for c in bad])
-    med = float(np.median(means.to_numpy()))
-    return means > med, med
+    high, med = panelops.median_split(means.to_numpy())
+    return pd.Series(high, index=means.index, name=means.name), med
 
 
 def heterogeneity(frame: pd.DataFrame, outcome: str = names.NQP, treatment: str = names.AGGLOMERATION,

@@ -47,12 +47,15 @@ from scipy import optimize, stats
 
 from bayesnqp import names
 from bayesnqp.data.weights import SpatialWeights
+from bayesnqp.panelops import city_demean_stacked, within_stacked, year_major
+from bayesnqp.spatial_linalg import Spectrum, lag, log_det
+from bayesnqp.spatial_linalg import average_effects as effects_at
 from bayesnqp.results import AnalysisResult, coef_frame
 
 Method = Literal["lee-yu", "direct"]
 METHODS: tuple[str, ...] = ("lee-yu", "direct")
 
-PAPER_SDM_RHO = -2.1086  # Table 5 of the paper
+PAPER_SDM_RHO = names.PAPER_RHO  # Table 5 of the paper
 CI_LEVEL = 0.95
 _Z_CRIT = float(stats.norm.ppf(0.5 + CI_LEVEL / 2))
 _GRID = 401  # grid points for the coarse search of rho before Brent
@@ -118,7 +121,7 @@ def _align(frame: pd.DataFrame, columns: Sequence[str], weights: SpatialWeights)
             city, year = target[int(np.flatnonzero(bad)[0])]
             raise ValueError(f"column '{c}' has {int(bad.sum())} missing or non-numeric value(s), "
                              f"e.g. city {city} year {year}")
-        data[c] = arr.reshape(n, T).T.copy()  # (T, n): year-major stacking
+        data[c] = year_major(arr, n, T)  # (T, n): year-major stacking
     return _Panel(tuple(weights.ids), years, data)
 
 
@@ -128,63 +131,14 @@ def _check_method(method: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# spectral tools
+# spectral tools (in ``spatial_linalg``; the spectrum is cached on the weights)
+
+_Spectrum = Spectrum  # the former private name
 
 
-@dataclass(frozen=True)
-class _Spectrum:
-    """W = U diag(lam) U^-1 with U = D^-1/2 V (V orthonormal eigenvectors of D^-1/2 A D^-1/2)."""
-
-    W: sp.csr_array
-    lam: np.ndarray
-    U: np.ndarray
-    Uinv: np.ndarray
-    total_weight: np.ndarray  # a_j = (1'U)_j (U^-1 1)_j / n: mean row sum of f(W) = sum_j a_j f(lam_j)
-
-    @classmethod
-    def of(cls, weights: SpatialWeights) -> "_Spectrum":
-        d = weights.n_neighbors.astype(float)
-        # islands: any positive scale works, their rows and columns of A are zero
-        s = np.sqrt(np.where(d > 0, d, 1.0))
-        sym = weights.binary.toarray() / s[:, None] / s[None, :]
-        lam, V = np.linalg.eigh(sym)
-        U = V / s[:, None]
-        Uinv = V.T * s[None, :]
-        n = weights.n
-        a = U.sum(axis=0) * Uinv.sum(axis=1) / n
-        return cls(sp.csr_array(weights.row_standardised), lam, U, Uinv, a)
-
-    def matfun(self, values: np.ndarray) -> np.ndarray:
-        """Dense f(W) = U diag(values) U^-1."""
-        return (self.U * values[None, :]) @ self.Uinv
-
-
-def log_det(rho: float | np.ndarray, eigenvalues: np.ndarray) -> float | np.ndarray:
-    """log|I - rho W| = sum_i log(1 - rho lambda_i) (real eigenvalues, rho inside the interval)."""
-    r = np.asarray(rho, dtype=float)
-    return np.log1p(-np.multiply.outer(r, eigenvalues)).sum(axis=-1)
-
-
-def _lag(W: sp.csr_array, arr: np.ndarray) -> np.ndarray:
+def _lag(W: sp.csr_array, arr: np.ndarray) -> np.ndarray:  # noqa: N803 (the matrix's usual symbol)
     """Apply W year by year to a (T, n) array or a (T, n, k) array."""
-    if arr.ndim == 2:
-        return (W @ arr.T).T
-    T, n, k = arr.shape
-    flat = arr.transpose(1, 0, 2).reshape(n, T * k)
-    return (W @ flat).reshape(n, T, k).transpose(1, 0, 2)
-
-
-def _city_demean(stacked: np.ndarray, n: int, T: int) -> np.ndarray:
-    """Subtract each city's time mean from a year-major stacked array (N,) or (N, k)."""
-    a = stacked.reshape((T, n) + stacked.shape[1:])
-    return (a - a.mean(axis=0, keepdims=True)).reshape(stacked.shape)
-
-
-def _two_way_demean(stacked: np.ndarray, n: int, T: int) -> np.ndarray:
-    """Two-way within transformation of a balanced year-major stacked array."""
-    a = stacked.reshape((T, n) + stacked.shape[1:])
-    out = a - a.mean(axis=0, keepdims=True) - a.mean(axis=1, keepdims=True) + a.mean(axis=(0, 1), keepdims=True)
-    return out.reshape(stacked.shape)
+    return lag(W, arr, region_axis=1)
 
 
 def _year_dummies(n: int, T: int) -> np.ndarray:
@@ -226,7 +180,7 @@ class _Design:
     df_sigma: int  # divisor of SSR for the reported sigma2
 
 
-def _design(panel: _Panel, spec: _Spectrum, outcome: str, regressors: Sequence[str], lagged_x: bool,
+def _design(panel: _Panel, spec: Spectrum, outcome: str, regressors: Sequence[str], lagged_x: bool,
             method: str) -> _Design:
     n, T = panel.n, panel.T
     if T < 2:
@@ -239,9 +193,9 @@ def _design(panel: _Panel, spec: _Spectrum, outcome: str, regressors: Sequence[s
         terms += [f"W_{c}" for c in regressors]
     y = panel.data[outcome]
     Z = np.column_stack(cols + [_year_dummies(n, T)])
-    yc = _city_demean(y.reshape(-1), n, T)
-    wyc = _city_demean(_lag(spec.W, y).reshape(-1), n, T)
-    Zc = _city_demean(Z, n, T)
+    yc = city_demean_stacked(y.reshape(-1), n, T)
+    wyc = city_demean_stacked(_lag(spec.W, y).reshape(-1), n, T)
+    Zc = city_demean_stacked(Z, n, T)
     if np.linalg.matrix_rank(Zc) < Zc.shape[1]:
         raise ValueError(f"the regressors {terms} are collinear after removing city and year effects")
     if method == "lee-yu":
@@ -257,7 +211,7 @@ def _inference(est: np.ndarray, se: np.ndarray) -> dict[str, np.ndarray]:
                 ci_high=est + _Z_CRIT * se)
 
 
-def _gap_traces(spec: _Spectrum, rho: float) -> tuple[float, float, float, np.ndarray]:
+def _gap_traces(spec: Spectrum, rho: float) -> tuple[float, float, float, np.ndarray]:
     """tr(G), tr(GG), tr(G'G) and dense G for G = W (I - rho W)^-1."""
     g = spec.lam / (1.0 - rho * spec.lam)
     G = spec.matfun(g)
@@ -275,7 +229,7 @@ class _LagFit:
     resid: np.ndarray
 
 
-def _fit_lag(d: _Design, spec: _Spectrum, eigenvalues: np.ndarray, bounds: tuple[float, float]) -> _LagFit:
+def _fit_lag(d: _Design, spec: Spectrum, eigenvalues: np.ndarray, bounds: tuple[float, float]) -> _LagFit:
     """Concentrated ML of y = rho W y + Z delta + e (city-demeaned data, year dummies in Z)."""
     coef, *_ = np.linalg.lstsq(d.Z, np.column_stack([d.y, d.wy]), rcond=None)
     b0, b1 = coef[:, 0], coef[:, 1]
@@ -320,7 +274,7 @@ class _ErrorFit:
     resid: np.ndarray  # y - Z beta (unfiltered)
 
 
-def _fit_error(d: _Design, spec: _Spectrum, eigenvalues: np.ndarray, bounds: tuple[float, float]) -> _ErrorFit:
+def _fit_error(d: _Design, spec: Spectrum, eigenvalues: np.ndarray, bounds: tuple[float, float]) -> _ErrorFit:
     """Concentrated ML of y = Z beta + u, u = lambda W u + e (city-demeaned data, year dummies in Z)."""
     n, T = d.n, d.T
     Wy = d.wy  # city demeaning commutes with I_T (x) W
@@ -363,27 +317,8 @@ def _fit_error(d: _Design, spec: _Spectrum, eigenvalues: np.ndarray, bounds: tup
 # effects
 
 
-def effects_at(beta: np.ndarray, theta: np.ndarray, rho: np.ndarray, spec: _Spectrum) -> dict[str, np.ndarray]:
-    """LeSage-Pace summaries of S_k = (I - rho W)^-1 (beta_k I + theta_k W), vectorised over draws.
-
-    ``beta``, ``theta``: (..., k); ``rho``: (...). Returns arrays (..., k): direct (mean diagonal),
-    total (mean row sum), indirect, and theta_part (theta_k tr((I - rho W)^-1 W) / n, the part of the
-    direct effect that comes from the spatially lagged regressor).
-    """
-    rho = np.asarray(rho, dtype=float)[..., None]  # (..., 1)
-    inv = 1.0 / (1.0 - rho * spec.lam)  # (..., n)
-    m0 = inv.mean(axis=-1)  # tr((I - rho W)^-1) / n
-    m1 = (spec.lam * inv).mean(axis=-1)  # tr((I - rho W)^-1 W) / n
-    t0 = inv @ spec.total_weight
-    t1 = (spec.lam * inv) @ spec.total_weight
-    beta, theta = np.asarray(beta, dtype=float), np.asarray(theta, dtype=float)
-    direct = beta * m0[..., None] + theta * m1[..., None]
-    total = beta * t0[..., None] + theta * t1[..., None]
-    return dict(direct=direct, indirect=total - direct, total=total, theta_part=theta * m1[..., None])
-
-
 def _effects_table(regressors: Sequence[str], beta: np.ndarray, theta: np.ndarray, rho: float, cov: np.ndarray,
-                   spec: _Spectrum, bounds: tuple[float, float], draws: int,
+                   spec: Spectrum, bounds: tuple[float, float], draws: int,
                    rng: np.random.Generator) -> tuple[pd.DataFrame, dict[str, float]]:
     """Effects at the estimates with simulation standard errors; ``cov`` is that of (beta, theta, rho).
 
@@ -424,7 +359,7 @@ def _effects_table(regressors: Sequence[str], beta: np.ndarray, theta: np.ndarra
         rows[name] = row
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "term"
-    info = {"draws": int(len(sims)), "draws_rejected_rho_outside_interval": rejected}
+    info: dict[str, float] = {"draws": int(len(sims)), "draws_rejected_rho_outside_interval": rejected}
     return table, info
 
 
@@ -522,8 +457,8 @@ def lm_tests(frame: pd.DataFrame, outcome: str, regressors: Sequence[str],
     """
     panel = _align(frame, [outcome, *regressors], weights)
     n, T = panel.n, panel.T
-    y = _two_way_demean(panel.stacked(outcome), n, T)
-    X = _two_way_demean(np.column_stack([panel.stacked(c) for c in regressors]), n, T)
+    y = within_stacked(panel.stacked(outcome), n, T)
+    X = within_stacked(np.column_stack([panel.stacked(c) for c in regressors]), n, T)
     stat = _lm_statistics(y, X, sp.csr_array(weights.row_standardised), T)
     terms = list(stat)
     values = np.array([stat[t] for t in terms])
@@ -578,7 +513,7 @@ def sdm_ml(frame: pd.DataFrame, outcome: str, treatment: str, controls: Sequence
     if len(set(regressors)) != len(regressors) or outcome in regressors:
         raise ValueError(f"outcome and regressors must be distinct: {outcome}, {regressors}")
     panel = _align(frame, [outcome, *regressors], weights)
-    spec = _Spectrum.of(weights)
+    spec = weights.spectrum
     eig = np.asarray(weights.eigenvalues, dtype=float)
     bounds = weights.rho_bounds
     rng = np.random.default_rng(seed)
@@ -666,7 +601,7 @@ def sdm_ml(frame: pd.DataFrame, outcome: str, treatment: str, controls: Sequence
     return out
 
 
-def _slx_ols(panel: _Panel, spec: _Spectrum, outcome: str, regressors: Sequence[str],
+def _slx_ols(panel: _Panel, spec: Spectrum, outcome: str, regressors: Sequence[str],
             treatment: str) -> AnalysisResult:
     """SLX: y = X b + W X theta + mu_i + nu_t + e by OLS (classical errors, df = nT - n - T + 1 - 2k)."""
     n, T = panel.n, panel.T
@@ -681,7 +616,7 @@ def _slx_ols(panel: _Panel, spec: _Spectrum, outcome: str, regressors: Sequence[
     t = est / se
     crit = float(stats.t.ppf(0.5 + CI_LEVEL / 2, df))
     coefs = coef_frame(d.terms, est, se, t, 2 * stats.t.sf(np.abs(t), df), est - crit * se, est + crit * se)
-    ssr_tot = float(_two_way_demean(panel.stacked(outcome), n, T) @ _two_way_demean(panel.stacked(outcome), n, T))
+    ssr_tot = float(within_stacked(panel.stacked(outcome), n, T) @ within_stacked(panel.stacked(outcome), n, T))
     return AnalysisResult(id="slx_ols", title="SLX (W x regressors), OLS, city and year effects", coefs=coefs,
                           n_obs=n * T, se_type="iid", r2=1 - float(resid @ resid) / ssr_tot,
                           fixed_effects=("city", "year"), key_term=treatment, dep_var=outcome,

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..checks.agreement import MATCH_TOLERANCE_Z
+from ..conventions import MATCH_TOLERANCE_Z
 
 
 def agreement_figure(tables: dict[str, pd.DataFrame], meant_to_match: dict[str, bool], *,

@@ -21,14 +21,14 @@ from typing import Any
 import numpy as np
 
 from .. import names
+from ..conventions import FLAG_KINDS
+from ..names import PAPER_RHO
 from .labels import Labels
 from .numbers import shorten
 
-FLAG_KINDS = ("convergence", "ppc", "pareto_k", "sd_ratio", "prior_sensitivity", "admissibility", "failed")
 _KIND_TITLES = {"convergence": "convergence", "ppc": "posterior predictive check", "pareto_k": "Pareto k (LOO)",
                 "sd_ratio": "posterior sd vs SE", "prior_sensitivity": "prior sensitivity",
                 "admissibility": "admissibility", "failed": "failed analysis"}
-PAPER_RHO = -2.1086  # the paper's Table 5 spatial autoregressive coefficient
 
 # Headline pairs: (frequentist id, Bayesian id, paper-design label, generic label).
 HEADLINE = (("table3_col4", "bayes_table3_col4", "Two-way FE, Table 3 (4)", "Two-way fixed effects"),
@@ -235,7 +235,7 @@ def _verdict(rows: list[dict[str, Any]], roll: dict[str, Any], flags: list[dict[
         tone = "warn"
     elif matched:
         worst = max(abs(r["z"]) for r in matched)
-        from ..checks.agreement import MATCH_TOLERANCE_Z
+        from ..conventions import MATCH_TOLERANCE_Z
 
         if worst <= MATCH_TOLERANCE_Z:
             parts.append(f"Bayesian and frequentist estimates agree (max |z| {worst:.2f}).")
@@ -243,7 +243,7 @@ def _verdict(rows: list[dict[str, Any]], roll: dict[str, Any], flags: list[dict[
             parts.append(f"Bayesian and frequentist estimates disagree (max |z| {worst:.2f}).")
             tone = "bad"
     if bayes_ran:
-        from ..checks.flags import SD_RATIO_LOW
+        from ..conventions import SD_RATIO_LOW
 
         # models that are not meant to match (the error-structure headline) are judged too: how far the
         # weighting moves them and whether their interval is narrower than the design-based SE

@@ -322,7 +322,8 @@ def stage_bayes_iv(ctx: RunContext) -> None:
     if not r.instrument:
         ctx.skip("bayes_iv", "Bayesian IV skipped: no distance column", sec)
         return
-    x = ctx.guarded("bayes_iv", lambda: fit_iv(study.frame, list(r.controls), r.instrument, ctx.settings,
+    instrument = r.instrument
+    x = ctx.guarded("bayes_iv", lambda: fit_iv(study.frame, list(r.controls), instrument, ctx.settings,
                                                 ctx.oracles.get("iv_2sls_trend")), sec)
     if x:
         render_bayes(ctx, sec, x)

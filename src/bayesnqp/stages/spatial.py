@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import pandas as pd
 
 from ..checks.flags import Flag, pareto_k_flags, ppc_flags
 from ..frequentist import spatial as fsp
+from ..names import PAPER_RHO
 from ..report.tables import paper_table
 from .context import RunContext
-
-PAPER_RHO = -2.1086
 
 
 def rho_sentence(weights, paper: bool = True) -> str:
@@ -89,13 +90,11 @@ def two_way_fitted(frame, weights, terms: list[str]):
     import numpy as np
 
     from .. import names
+    from ..panelops import within
 
     def cube(column: str) -> np.ndarray:
         wide = frame[column].unstack(names.YEAR).loc[list(weights.ids)]
         return wide.to_numpy(dtype=float)
-
-    def within(a: np.ndarray) -> np.ndarray:
-        return a - a.mean(axis=0, keepdims=True) - a.mean(axis=1, keepdims=True) + a.mean(axis=(0, 1), keepdims=True)
 
     y = cube(names.NQP)
     xw = np.stack([within(cube(t)) for t in terms], axis=-1)
@@ -151,7 +150,7 @@ def stage_spatial_bayes(ctx: RunContext) -> None:
         fits["leroux"] = leroux
     for model in ("sdm", "sar", "sem", "slx"):
         oracle = ctx.oracles.get({"sdm": "sdm_ml", "sar": "sar_ml", "sem": "sem_ml", "slx": "slx_ols"}[model])
-        x = ctx.guarded(f"bayes_{model}", lambda m=model, o=oracle: fit_sdm(frame, controls, w, s, o, model=m), sec)
+        x = ctx.guarded(f"bayes_{model}", functools.partial(fit_sdm, frame, controls, w, s, oracle, model=model), sec)
         if x:
             render_bayes(ctx, sec, x)
             fits[model] = x
