@@ -129,3 +129,21 @@ def test_jax_backend_gives_the_default_posterior():
     mcse = np.sqrt(a["mcse_mean"] ** 2 + b["mcse_mean"] ** 2)
     assert ((a["mean"] - b["mean"]).abs() <= 4 * mcse).all(), (a, b)
     assert ((b["sd"] / a["sd"] - 1).abs() < 0.1).all(), (a, b)
+
+
+def test_jax_compilation_is_not_reused_with_stale_data():
+    """nutpie's JAX model has the data baked in (nothing to swap): new data must compile anew."""
+    pytest.importorskip("jax", reason="jax is not installed (the jax extra): the nutpie-jax sampler cannot run")
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=200)
+    sampling._COMPILED.clear()
+    settings = SamplerSettings(draws=300, tune=300, chains=2, seed=3, sampler="nutpie-jax")
+    y = 2 * x + rng.normal(size=200)
+    first = sample(linear_model(x, y), settings, cache_key="lin")
+    second = sample(linear_model(x, -1 * x + rng.normal(size=200)), settings, cache_key="lin")
+    assert abs(float(first.posterior["b"].mean()) - 2) < 0.2
+    assert abs(float(second.posterior["b"].mean()) + 1) < 0.2
+    assert len(sampling._COMPILED) == 2
+    again = sample(linear_model(x, y), settings, cache_key="lin")  # the same data: reused, same draws
+    assert len(sampling._COMPILED) == 2
+    assert np.array_equal(again.posterior["b"].values, first.posterior["b"].values)

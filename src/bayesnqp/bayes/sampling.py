@@ -94,8 +94,17 @@ def compile_nutpie(model: pm.Model, cache_key: str | None = None, *, backend: st
 
     if cache_key is not None:
         cache_key = f"{backend}:{cache_key}:{constants_fingerprint(model)}"
+        if backend == "jax":
+            # PyTensor's JAX linker bakes the pm.Data values into the jitted function (nutpie's JAX
+            # model has no shared data to swap), so a JAX compilation is reused only for the same data;
+            # it compiles in about a second.
+            cache_key += ":" + _data_fingerprint(model)
     if cache_key is not None and cache_key in _COMPILED:
-        return _with_coords(_COMPILED[cache_key].with_data(**_data_values(model)), model)
+        compiled = _COMPILED[cache_key]
+        data = _data_values(model)
+        if backend == "jax":  # the same data (see the key): swap only what the JAX model holds as shared
+            data = {k: v for k, v in data.items() if k in compiled._shared_data}
+        return _with_coords(compiled.with_data(**data) if data else compiled, model)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*BLAS.*")
         if backend == "jax":
@@ -105,6 +114,15 @@ def compile_nutpie(model: pm.Model, cache_key: str | None = None, *, backend: st
     if cache_key is not None:
         _COMPILED[cache_key] = compiled
     return compiled
+
+
+def _data_fingerprint(model: pm.Model) -> str:
+    digest = hashlib.sha1()
+    for name, value in sorted(_data_values(model).items()):
+        data = np.asarray(value)
+        digest.update(f"{name}{data.dtype}{data.shape}".encode())
+        digest.update(np.ascontiguousarray(data).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _with_coords(compiled, model: pm.Model):
