@@ -78,3 +78,16 @@ def test_specification_grid_on_a_local_cluster_matches_serial(client, raw_csv):
     # different seeds, different draws
     first, second = (serial[("bayes_table3_col2", ("develop",), s)].idata.posterior["beta"].values for s in (1, 2))
     assert not np.array_equal(first, second)
+
+
+def test_grid_command_refuses_unknown_controls_before_fitting(raw_csv):
+    from typer.testing import CliRunner
+
+    from bayesnqp.cli import app
+
+    res = CliRunner().invoke(app, ["grid", "--data", str(raw_csv()), "--analysis", "bayes_table3_col2",
+                                   "--controls", "develop,nonsense", "--scheduler", "serial"])
+    assert res.exit_code == 2, res.output
+    assert "nonsense" in res.output
+    help_text = CliRunner().invoke(app, ["grid", "--help"]).output
+    assert "--scheduler" in help_text and "--workers" in help_text
