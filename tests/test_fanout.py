@@ -45,8 +45,16 @@ def client():
 def test_results_come_back_in_task_order_and_errors_propagate(client):
     seeds = task_seeds(3, 6)
     serial = [g.random(3) for g in fan_out(np.random.default_rng, [{"seed": s} for s in seeds], scheduler=SERIAL)]
-    remote = [g.random(3) for g in fan_out(np.random.default_rng, [{"seed": s} for s in seeds], scheduler=client)]
+    seen: dict[int, int] = {}
+
+    def record(i: int, generator: np.random.Generator) -> None:
+        seen[i] = generator.bit_generator.state["state"]["state"]
+
+    remote = [g.random(3) for g in fan_out(np.random.default_rng, [{"seed": s} for s in seeds], scheduler=client,
+                                           on_result=record)]
     assert all(np.array_equal(a, b) for a, b in zip(serial, remote))
+    # every task reported once as it finished, under its own index
+    assert seen == {i: np.random.default_rng(s).bit_generator.state["state"]["state"] for i, s in enumerate(seeds)}
     with pytest.raises(ValueError):
         fan_out(np.random.default_rng, [{"seed": 1}, {"seed": -1}], scheduler=client)
 

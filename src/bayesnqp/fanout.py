@@ -104,7 +104,8 @@ def _client(scheduler: Any, workers: int, stack: ExitStack):
 
 def fan_out(fn: Callable[..., T], tasks: Iterable[Mapping[str, Any]], *, scheduler: Any = LOCAL,
             workers: int = DEFAULT_WORKERS, shared: Mapping[str, Any] | None = None,
-            progress: Callable[[str], None] | None = None) -> list[T]:
+            progress: Callable[[str], None] | None = None,
+            on_result: Callable[[int, T], None] | None = None) -> list[T]:
     """Run ``fn(**shared, **task)`` for every task and return the results in task order.
 
     ``fn`` must be importable by name on the workers (a module-level function of an installed module).
@@ -112,17 +113,20 @@ def fan_out(fn: Callable[..., T], tasks: Iterable[Mapping[str, Any]], *, schedul
     ``shared``: keyword arguments common to every call (the data); sent to each worker once.
     ``scheduler``: ``"local"`` (a LocalCluster of ``workers`` single-threaded processes), a scheduler
     address (``"tcp://host:8786"``), ``"serial"``, or a connected ``distributed.Client``.
-    ``progress``: called with a line as each task finishes.
+    ``progress``: called with a line as each task finishes. ``on_result``: called with (task index,
+    result) as each task finishes, in completion order (to save partial results of a long study).
     The first task that raises stops the call with its exception (as the serial loop would).
     """
     tasks = [dict(t) for t in tasks]
     shared = dict(shared or {})
     say = progress or (lambda message: None)
+    got = on_result or (lambda i, result: None)
     n = len(tasks)
     if scheduler == SERIAL:
         results = []
         for i, task in enumerate(tasks):
             results.append(_run_task(fn, shared, task))
+            got(i, results[-1])
             say(f"task {i + 1}/{n} done")
         return results
     if n == 0:
@@ -142,6 +146,8 @@ def fan_out(fn: Callable[..., T], tasks: Iterable[Mapping[str, Any]], *, schedul
                 exc, tb = future.exception(), future.traceback()
                 client.cancel([f for f in futures if f.key != future.key])
                 raise exc.with_traceback(tb)
+            if on_result is not None:
+                got(index[future.key], future.result())
             say(f"task {index[future.key] + 1}/{n} done ({done}/{n})")
         return client.gather(futures)
 
