@@ -226,8 +226,8 @@ def grid(
                                progress=progress)
     except InputError as exc:
         _fail_input(exc)
-    except ValueError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=False)
+    except (ValueError, ImportError) as exc:  # a bad grid or scheduler, or Dask not installed
+        err.print(f"error: {exc}", highlight=False, markup=False)
         raise typer.Exit(EXIT_INPUT) from None
     table = pd.concat({(a, ",".join(c), s): r.tidy() for (a, c, s), r in results.items()},
                       names=["analysis", "controls", "seed"])
