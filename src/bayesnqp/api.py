@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
     Result = Union[AnalysisResult, BayesResult]
 
-__all__ = ["StudyResults", "TIDY_COLUMNS", "etable", "fit", "load_study", "run"]
+__all__ = ["StudyResults", "TIDY_COLUMNS", "etable", "fit", "fit_grid", "load_study", "run"]
 
 
 @contextmanager
@@ -180,7 +180,7 @@ class StudyResults(Mapping[str, "Result"]):
         self.close()
 
 
-SamplerName = Literal["nutpie", "pymc", "numpyro"]
+SamplerName = Literal["nutpie", "nutpie-jax", "pymc", "numpyro"]
 
 
 def run(study: StudyData | None = None, *, draws: int = 1000, tune: int = 1000, chains: int = 4,
@@ -252,6 +252,61 @@ def fit(study: StudyData | None, analysis_id: str, *, draws: int = 1000, tune: i
         reason = next((v for k, v in skipped.items() if analysis_id.startswith(k)), None)
         raise KeyError(f"{analysis_id!r} was not produced" + (f": {reason}" if reason else
                                                                 f"; the run gave {', '.join(res.ids) or 'nothing'}"))
+
+
+GridKey = tuple[str, tuple[str, ...], int]
+
+
+def fit_grid(study: StudyData | None, analyses: Sequence[str] | str, *,
+             controls: Sequence[Sequence[str]] | None = None, seeds: Sequence[int] | None = None,
+             draws: int = 1000, tune: int = 1000, chains: int = 4, seed: int = 20240601,
+             sampler: SamplerName = "nutpie", scheduler: Any = "local", workers: int = 2,
+             progress: bool | Callable[[str], None] = True) -> dict[GridKey, Result]:
+    """A specification grid: ``fit`` for every analysis x control set x seed, run in parallel on Dask.
+
+    ``analyses``: analysis ids as for ``fit``. ``controls``: control sets to try (each a subset of the
+    study's controls; default: the study's own). ``seeds``: sampler seeds (default: ``[seed]``).
+    ``scheduler``: ``"local"`` (a LocalCluster of ``workers`` single-threaded processes), a Dask
+    scheduler address (``"tcp://host:8786"``), ``"serial"`` (no Dask) or a ``distributed.Client``.
+    Returns {(analysis, controls, seed): result} in grid order (analysis slowest, seed fastest). The
+    posterior draws are identical to a serial run (every grid point carries its own seed), so
+    ``scheduler`` only changes where the fits run::
+
+        grid = fit_grid(study, "bayes_table3_col4_iid", controls=[(), ("develop",)], seeds=[1, 2])
+        pd.concat({k: r.tidy() for k, r in grid.items()}, names=["analysis", "controls", "seed"])
+    """
+    from .fanout import describe_scheduler, fan_out, grid_tasks
+
+    data = study if study is not None else load_study()
+    ids = [analyses] if isinstance(analyses, str) else list(analyses)
+    have = tuple(data.roles.controls)
+    sets = [tuple(c) for c in controls] if controls is not None else [have]
+    for c in sets:
+        unknown = [x for x in c if x not in have]
+        if unknown:
+            raise ValueError(f"controls {unknown} are not among the study's controls ({', '.join(have) or 'none'})")
+    tasks = grid_tasks([("analysis_id", ids), ("controls", sets),
+                        ("seed", list(seeds) if seeds is not None else [seed])])
+    show = _printer(time.perf_counter()) if progress is True else (progress or (lambda message: None))
+    show(f"{len(tasks)} fits {describe_scheduler(scheduler, workers)}")
+    results = fan_out(_grid_point, tasks, scheduler=scheduler, workers=workers, progress=show,
+                      shared={"study": data, "draws": draws, "tune": tune, "chains": chains, "sampler": sampler})
+    return {(t["analysis_id"], t["controls"], t["seed"]): r for t, r in zip(tasks, results)}
+
+
+def _grid_point(study: StudyData, analysis_id: str, controls: tuple[str, ...], seed: int, draws: int, tune: int,
+                chains: int, sampler: SamplerName) -> Result:
+    """One point of ``fit_grid`` (module level, so Dask workers import it by name)."""
+    import dataclasses
+    import warnings
+
+    if tuple(controls) != tuple(study.roles.controls):
+        study = dataclasses.replace(study, roles=dataclasses.replace(study.roles, controls=tuple(controls)))
+    with warnings.catch_warnings(), _quiet_forward_sampling():
+        warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
+        warnings.filterwarnings("ignore", message=".*BLAS.*")
+        return fit(study, analysis_id, draws=draws, tune=tune, chains=chains, seed=seed, sampler=sampler,
+                   progress=False)
 
 
 def _cell(estimate: float, std_error: float, digits: int) -> str:

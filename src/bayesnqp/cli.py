@@ -1,4 +1,4 @@
-"""Command line: ``bayesnqp run | validate | demo-data``. Parses arguments and calls ``study``."""
+"""Command line: ``bayesnqp run | grid | validate | demo-data``. Parses arguments and calls ``study``."""
 
 from __future__ import annotations
 
@@ -108,6 +108,10 @@ ConfigOpt = Annotated[Optional[Path], typer.Option(
                      "paper's column names.")]
 
 
+SAMPLER_HELP = ("nutpie (default), nutpie-jax (JAX log-density: pip install \"bayesnqp[jax]\"; on a GPU with a "
+                "CUDA jaxlib), pymc or numpyro.")
+
+
 @app.command()
 @_stoppable
 def run(
@@ -119,7 +123,7 @@ def run(
     tune: Annotated[int, typer.Option(help="Tuning steps per chain.", min=0)] = 1000,
     chains: Annotated[int, typer.Option(help="Number of chains.", min=1)] = 4,
     seed: Annotated[int, typer.Option(help="Seed of every random step (sampling, permutations, simulation).")] = 20240601,
-    sampler: Annotated[str, typer.Option(help="nutpie (default), pymc or numpyro.")] = "nutpie",
+    sampler: Annotated[str, typer.Option(help=SAMPLER_HELP)] = "nutpie",
     quick: Annotated[bool, typer.Option("--quick", help="Few draws (300 x 2 chains) for a fast look; "
                                                         "diagnostics will flag low ESS.")] = False,
     no_bayes: Annotated[bool, typer.Option("--no-bayes", help="Only the data stage and the frequentist "
@@ -179,6 +183,64 @@ def _run_and_write(data: Path | None, config: Path | None, out_dir: Path | None,
         return results.write(out_path)
     finally:
         results.close()
+
+
+@app.command()
+@_stoppable
+def grid(
+    analysis: Annotated[list[str], typer.Option(
+        "--analysis", help="Analysis id to fit (repeat for several), e.g. bayes_table3_col4.")],
+    data: DataOpt = None,
+    config: ConfigOpt = None,
+    controls: Annotated[Optional[list[str]], typer.Option(
+        "--controls", help="A control set, comma-separated (repeat for several; '' for none). Default: the "
+                           "study's controls.")] = None,
+    seeds: Annotated[Optional[list[int]], typer.Option("--seed", help="Sampler seed (repeat for several).")] = None,
+    draws: Annotated[int, typer.Option(help="Posterior draws per chain.", min=10)] = 1000,
+    tune: Annotated[int, typer.Option(help="Tuning steps per chain.", min=0)] = 1000,
+    chains: Annotated[int, typer.Option(help="Number of chains.", min=1)] = 4,
+    sampler: Annotated[str, typer.Option(help=SAMPLER_HELP)] = "nutpie",
+    scheduler: Annotated[str, typer.Option(
+        help="Where the fits run: local (a Dask LocalCluster of --workers processes), serial (here, one "
+             "after the other) or a Dask scheduler address such as tcp://host:8786. Needs "
+             "pip install \"bayesnqp[dask]\" unless serial.")] = "local",
+    workers: Annotated[int, typer.Option(help="Worker processes of the local cluster.", min=1)] = 2,
+    out_file: Annotated[Path, typer.Option("--out", help="CSV of the posterior summary of every grid point.")]
+        = Path("grid.csv"),
+) -> None:
+    """A specification grid: every analysis x control set x seed, fitted in parallel on Dask (the
+    numbers are those of a serial run), summarised one row per grid point and term in a CSV."""
+    _quiet_library_warnings()
+    import pandas as pd
+
+    from . import api
+    from .bayes.sampling import SAMPLERS
+
+    if sampler not in SAMPLERS:
+        err.print(f"[bold red]error:[/] --sampler must be one of {', '.join(SAMPLERS)}, not {sampler!r}")
+        raise typer.Exit(EXIT_INPUT)
+    sets = None if controls is None else [tuple(c.strip() for c in item.split(",") if c.strip())
+                                          for item in controls]
+    start = time.perf_counter()
+
+    def progress(message: str) -> None:
+        err.print(f"[dim][{time.perf_counter() - start:6.0f}s][/] {message}", highlight=False)
+
+    try:
+        study = api.load_study(data, config)
+        results = api.fit_grid(study, analysis, controls=sets, seeds=seeds, draws=draws, tune=tune,
+                               chains=chains, sampler=sampler, scheduler=scheduler, workers=workers,
+                               progress=progress)
+    except InputError as exc:
+        _fail_input(exc)
+    except (ValueError, ImportError) as exc:  # a bad grid or scheduler, or Dask not installed
+        err.print(f"error: {exc}", highlight=False, markup=False)
+        raise typer.Exit(EXIT_INPUT) from None
+    table = pd.concat({(a, ",".join(c), s): r.tidy() for (a, c, s), r in results.items()},
+                      names=["analysis", "controls", "seed"])
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out_file)
+    out.print(f"grid: {len(results)} fits -> {out_file}", highlight=False)
 
 
 @app.command()

@@ -1,8 +1,9 @@
 """The one sampling entry of the package.
 
 nutpie is the default (several times PyMC's ESS per second on these models); PyMC's own NUTS and
-numpyro are options. Compiled nutpie models are cached in-process by a structure key, so a model whose
-structure repeats (mechanisms, groups, the same spec on new data) is compiled once and its data swapped
+numpyro are options, and ``nutpie-jax`` is nutpie with the log-density and its gradient compiled by JAX
+(``pip install "bayesnqp[jax]"``; it runs on a GPU when JAX sees one, i.e. with a CUDA build of jaxlib).
+Compiled nutpie models are cached in-process by a structure key, so a model whose structure repeats (mechanisms, groups, the same spec on new data) is compiled once and its data swapped
 with ``with_data``; numba's on-disk cache makes a second process faster too.
 """
 
@@ -18,7 +19,7 @@ import arviz as az
 import numpy as np
 import pymc as pm
 
-SamplerName = Literal["nutpie", "pymc", "numpyro"]
+SamplerName = Literal["nutpie", "nutpie-jax", "pymc", "numpyro"]
 SAMPLERS: tuple[str, ...] = get_args(SamplerName)
 
 
@@ -76,20 +77,67 @@ def constants_fingerprint(model: pm.Model) -> str:
     return digest.hexdigest()[:16]
 
 
-def compile_nutpie(model: pm.Model, cache_key: str | None = None):
-    """Compile (or fetch from the in-process cache and swap in this model's data)."""
+def _needs(module: str, extra: str, sampler: str) -> None:
+    """A clear message (not a bare ModuleNotFoundError from inside PyMC) when an optional sampler's
+    library is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ImportError(f"--sampler {sampler} needs {module}: pip install \"bayesnqp[{extra}]\"")
+
+
+def compile_nutpie(model: pm.Model, cache_key: str | None = None, *, backend: str = "numba"):
+    """Compile (or fetch from the in-process cache and swap in this model's data and coordinates).
+
+    ``backend``: ``"numba"`` (the default sampler) or ``"jax"`` (log-density and gradient in JAX)."""
     import nutpie
 
     if cache_key is not None:
-        cache_key = f"{cache_key}:{constants_fingerprint(model)}"
+        cache_key = f"{backend}:{cache_key}:{constants_fingerprint(model)}"
+        if backend == "jax":
+            # PyTensor's JAX linker bakes the pm.Data values into the jitted function (nutpie's JAX
+            # model has no shared data to swap), so a JAX compilation is reused only for the same data;
+            # it compiles in about a second.
+            cache_key += ":" + _data_fingerprint(model)
     if cache_key is not None and cache_key in _COMPILED:
-        return _COMPILED[cache_key].with_data(**_data_values(model))
+        compiled = _COMPILED[cache_key]
+        data = _data_values(model)
+        if backend == "jax":  # the same data (see the key): swap only what the JAX model holds as shared
+            data = {k: v for k, v in data.items() if k in compiled._shared_data}
+        return _with_coords(compiled.with_data(**data) if data else compiled, model)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*BLAS.*")
-        compiled = nutpie.compile_pymc_model(model)
+        if backend == "jax":
+            compiled = nutpie.compile_pymc_model(model, backend="jax", gradient_backend="jax")
+        else:
+            compiled = nutpie.compile_pymc_model(model)
     if cache_key is not None:
         _COMPILED[cache_key] = compiled
     return compiled
+
+
+def _data_fingerprint(model: pm.Model) -> str:
+    digest = hashlib.sha1()
+    for name, value in sorted(_data_values(model).items()):
+        data = np.asarray(value)
+        digest.update(f"{name}{data.dtype}{data.shape}".encode())
+        digest.update(np.ascontiguousarray(data).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _with_coords(compiled, model: pm.Model):
+    """The cached compilation labelled with this model's coordinates: the structure key carries sizes,
+    not labels, so without this a model with other term names or unit ids (same sizes) would come back
+    labelled as the first one compiled."""
+    import dataclasses
+
+    import pandas as pd
+
+    coords = dict(compiled.coords or {})
+    for name, values in model.coords.items():
+        if name in coords and values is not None and len(values) == len(coords[name]):
+            coords[name] = pd.Index(values)
+    return dataclasses.replace(compiled, _coords=coords)
 
 
 def sample(model: pm.Model, settings: SamplerSettings, *, cache_key: str | None = None,
@@ -100,10 +148,13 @@ def sample(model: pm.Model, settings: SamplerSettings, *, cache_key: str | None 
     compilation is reused. ``log_likelihood``: add the pointwise log-likelihood group (for LOO).
     """
     cores = settings.cores or min(settings.chains, os.cpu_count() or 1)
-    if settings.sampler == "nutpie":
+    if settings.sampler in ("nutpie", "nutpie-jax"):
         import nutpie
 
-        compiled = compile_nutpie(model, cache_key)
+        backend = "jax" if settings.sampler == "nutpie-jax" else "numba"
+        if backend == "jax":
+            _needs("jax", "jax", settings.sampler)
+        compiled = compile_nutpie(model, cache_key, backend=backend)
         idata = nutpie.sample(compiled, draws=settings.draws, tune=settings.tune, chains=settings.chains,
                               cores=cores, seed=settings.seed, progress_bar=settings.progress,
                               target_accept=settings.target_accept, save_warmup=False)
@@ -114,6 +165,7 @@ def sample(model: pm.Model, settings: SamplerSettings, *, cache_key: str | None 
     else:
         kwargs: dict[str, Any] = {}
         if settings.sampler == "numpyro":
+            _needs("numpyro", "numpyro", settings.sampler)
             kwargs["nuts_sampler"] = "numpyro"
         with model:
             idata = pm.sample(draws=settings.draws, tune=settings.tune, chains=settings.chains, cores=cores,
