@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-_API = ("load_study", "run", "fit", "etable", "StudyResults", "TIDY_COLUMNS")
+_API = ("load_study", "run", "fit", "fit_grid", "etable", "StudyResults", "TIDY_COLUMNS")
 __all__ = ["__version__", *_API]
 
 if TYPE_CHECKING:
-    from .api import TIDY_COLUMNS, StudyResults, etable, fit, load_study, run
+    from .api import TIDY_COLUMNS, StudyResults, etable, fit, fit_grid, load_study, run
 
 
 def __getattr__(name: str) -> Any:

@@ -229,7 +229,8 @@ def grid(
     try:
         study = api.load_study(data, config)
         results = api.fit_grid(study, analysis, controls=sets, seeds=seeds, draws=draws, tune=tune,
-                               chains=chains, sampler=sampler, scheduler=scheduler, workers=workers,
+                               chains=chains, sampler=sampler,  # type: ignore[arg-type]  # checked above
+                               scheduler=scheduler, workers=workers,
                                progress=progress)
     except InputError as exc:
         _fail_input(exc)
