@@ -148,3 +148,28 @@ def test_jax_compilation_is_not_reused_with_stale_data():
     again = sample(linear_model(x, y), settings, cache_key="lin")  # the same data: reused, same draws
     assert len(sampling._COMPILED) == 2
     assert np.array_equal(again.posterior["b"].values, first.posterior["b"].values)
+
+
+def test_command_line_beats_spec_beats_code_default():
+    """A model spec's [sampler] table applies only where the user set nothing (command line, API, --quick)."""
+    from bayesnqp.bayes.spec import load_spec
+    from bayesnqp.study import QUICK, RunOptions
+
+    spec = load_spec("bayes_sar")  # pins tune = 1000
+    assert spec.sampler["tune"] == 1000
+    pinned_spec = spec.replace(sampler={"draws": 123, "tune": 1000, "chains": 3, "target_accept": 0.9})
+
+    nothing_given = RunOptions().sampler_settings()
+    assert nothing_given.pinned == frozenset()
+    run = pinned_spec.sampler_settings(nothing_given)
+    assert (run.draws, run.tune, run.chains, run.target_accept) == (123, 1000, 3, 0.9)  # the spec's
+    assert spec.sampler_settings(nothing_given).draws == 1000  # the code default
+
+    quick = pinned_spec.sampler_settings(RunOptions(quick=True).sampler_settings())
+    assert (quick.draws, quick.tune, quick.chains) == (QUICK["draws"], QUICK["tune"], QUICK["chains"])
+    assert quick.target_accept == 0.9  # not set by the user: the spec's
+
+    given = pinned_spec.sampler_settings(RunOptions(tune=50, sampler="pymc").sampler_settings())
+    assert (given.tune, given.sampler, given.draws) == (50, "pymc", 123)
+    with pytest.raises(ValueError, match="cannot pin"):
+        SamplerSettings(pinned=frozenset({"seed"}))

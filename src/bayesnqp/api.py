@@ -183,8 +183,8 @@ class StudyResults(Mapping[str, "Result"]):
 SamplerName = Literal["nutpie", "nutpie-jax", "pymc", "numpyro"]
 
 
-def run(study: StudyData | None = None, *, draws: int = 1000, tune: int = 1000, chains: int = 4,
-        seed: int = 20240601, sampler: SamplerName = "nutpie", quick: bool = False, bayes: bool = True,
+def run(study: StudyData | None = None, *, draws: int | None = None, tune: int | None = None,
+        chains: int | None = None, seed: int = 20240601, sampler: SamplerName | None = None, quick: bool = False, bayes: bool = True,
         only: Sequence[str] | str | None = None, strict: bool = False,
         progress: bool | Callable[[str], None] = True, workdir: str | os.PathLike[str] | None = None,
         _hard_exit_on_stuck_signal: bool = False) -> StudyResults:
@@ -194,7 +194,8 @@ def run(study: StudyData | None = None, *, draws: int = 1000, tune: int = 1000, 
     ``only``: analysis ids or id prefixes to run (``["bayes_table3_col4"]``, ``["table3", "bayes_iv"]``,
     ``["bayes_groups"]``); the oracles a selected Bayesian model is compared with run too, and so do
     the fits a selected check reads. None runs everything. ``bayes=False``: frequentist stages only.
-    ``quick``: 300 draws x 2 chains. ``strict``: raise ``ConvergenceError`` if any check is flagged or
+    ``draws``/``tune``/``chains``/``sampler``: None leaves a model spec's ``[sampler]`` value or the default
+    (1000/1000/4/nutpie); a value given here wins over the spec. ``quick``: 300 draws x 2 chains. ``strict``: raise ``ConvergenceError`` if any check is flagged or
     any analysis failed. ``progress``: True prints each step with its elapsed time to stderr (shown in
     a terminal and in a notebook), or a callable taking the message. ``workdir``: a folder (not yet
     existing) to build the report files in; default a private temporary folder.
@@ -202,7 +203,7 @@ def run(study: StudyData | None = None, *, draws: int = 1000, tune: int = 1000, 
     mod = _study_module()
     from .bayes.sampling import SAMPLERS
 
-    if sampler not in SAMPLERS:
+    if sampler is not None and sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, not {sampler!r}")
     data = study if study is not None else load_study()
     options = mod.RunOptions(draws=draws, tune=tune, chains=chains, seed=seed, quick=quick, strict=strict,
@@ -233,8 +234,8 @@ def run(study: StudyData | None = None, *, draws: int = 1000, tune: int = 1000, 
     return results
 
 
-def fit(study: StudyData | None, analysis_id: str, *, draws: int = 1000, tune: int = 1000, chains: int = 4,
-        seed: int = 20240601, sampler: SamplerName = "nutpie",
+def fit(study: StudyData | None, analysis_id: str, *, draws: int | None = None, tune: int | None = None,
+        chains: int | None = None, seed: int = 20240601, sampler: SamplerName | None = None,
         progress: bool | Callable[[str], None] = True) -> Result:
     """Fit one analysis by id (with the oracle it is compared with) and return its result:
     ``fit(study, "bayes_table3_col4", draws=200, chains=2)``. A frequentist id (``"table3_col4"``)
@@ -259,8 +260,8 @@ GridKey = tuple[str, tuple[str, ...], int]
 
 def fit_grid(study: StudyData | None, analyses: Sequence[str] | str, *,
              controls: Sequence[Sequence[str]] | None = None, seeds: Sequence[int] | None = None,
-             draws: int = 1000, tune: int = 1000, chains: int = 4, seed: int = 20240601,
-             sampler: SamplerName = "nutpie", scheduler: Any = "local", workers: int = 2,
+             draws: int | None = None, tune: int | None = None, chains: int | None = None,
+             seed: int = 20240601, sampler: SamplerName | None = None, scheduler: Any = "local", workers: int = 2,
              progress: bool | Callable[[str], None] = True) -> dict[GridKey, Result]:
     """A specification grid: ``fit`` for every analysis x control set x seed, run in parallel on Dask.
 
@@ -294,8 +295,8 @@ def fit_grid(study: StudyData | None, analyses: Sequence[str] | str, *,
     return {(t["analysis_id"], t["controls"], t["seed"]): r for t, r in zip(tasks, results)}
 
 
-def _grid_point(study: StudyData, analysis_id: str, controls: tuple[str, ...], seed: int, draws: int, tune: int,
-                chains: int, sampler: SamplerName) -> Result:
+def _grid_point(study: StudyData, analysis_id: str, controls: tuple[str, ...], seed: int, draws: int | None,
+                tune: int | None, chains: int | None, sampler: SamplerName | None) -> Result:
     """One point of ``fit_grid`` (module level, so Dask workers import it by name)."""
     import dataclasses
     import warnings

@@ -119,11 +119,14 @@ def run(
     config: ConfigOpt = None,
     out_dir: Annotated[Optional[Path], typer.Option(
         "--out", help="Output folder (default: reports/<data file name>). Replaced only when the run succeeds.")] = None,
-    draws: Annotated[int, typer.Option(help="Posterior draws per chain.", min=10)] = 1000,
-    tune: Annotated[int, typer.Option(help="Tuning steps per chain.", min=0)] = 1000,
-    chains: Annotated[int, typer.Option(help="Number of chains.", min=1)] = 4,
+    draws: Annotated[Optional[int], typer.Option(
+        help="Posterior draws per chain [default: 1000, or the model spec's].", min=10, show_default=False)] = None,
+    tune: Annotated[Optional[int], typer.Option(
+        help="Tuning steps per chain [default: 1000, or the model spec's].", min=0, show_default=False)] = None,
+    chains: Annotated[Optional[int], typer.Option(
+        help="Number of chains [default: 4, or the model spec's].", min=1, show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Seed of every random step (sampling, permutations, simulation).")] = 20240601,
-    sampler: Annotated[str, typer.Option(help=SAMPLER_HELP)] = "nutpie",
+    sampler: Annotated[Optional[str], typer.Option(help=SAMPLER_HELP, show_default=False)] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Few draws (300 x 2 chains) for a fast look; "
                                                         "diagnostics will flag low ESS.")] = False,
     no_bayes: Annotated[bool, typer.Option("--no-bayes", help="Only the data stage and the frequentist "
@@ -135,7 +138,7 @@ def run(
     _quiet_library_warnings()
     from .bayes.sampling import SAMPLERS
 
-    if sampler not in SAMPLERS:
+    if sampler is not None and sampler not in SAMPLERS:
         err.print(f"[bold red]error:[/] --sampler must be one of {', '.join(SAMPLERS)}, not {sampler!r}")
         raise typer.Exit(EXIT_INPUT)
     start = time.perf_counter()
@@ -196,10 +199,13 @@ def grid(
         "--controls", help="A control set, comma-separated (repeat for several; '' for none). Default: the "
                            "study's controls.")] = None,
     seeds: Annotated[Optional[list[int]], typer.Option("--seed", help="Sampler seed (repeat for several).")] = None,
-    draws: Annotated[int, typer.Option(help="Posterior draws per chain.", min=10)] = 1000,
-    tune: Annotated[int, typer.Option(help="Tuning steps per chain.", min=0)] = 1000,
-    chains: Annotated[int, typer.Option(help="Number of chains.", min=1)] = 4,
-    sampler: Annotated[str, typer.Option(help=SAMPLER_HELP)] = "nutpie",
+    draws: Annotated[Optional[int], typer.Option(
+        help="Posterior draws per chain [default: 1000, or the model spec's].", min=10, show_default=False)] = None,
+    tune: Annotated[Optional[int], typer.Option(
+        help="Tuning steps per chain [default: 1000, or the model spec's].", min=0, show_default=False)] = None,
+    chains: Annotated[Optional[int], typer.Option(
+        help="Number of chains [default: 4, or the model spec's].", min=1, show_default=False)] = None,
+    sampler: Annotated[Optional[str], typer.Option(help=SAMPLER_HELP, show_default=False)] = None,
     scheduler: Annotated[str, typer.Option(
         help="Where the fits run: local (a Dask LocalCluster of --workers processes), serial (here, one "
              "after the other) or a Dask scheduler address such as tcp://host:8786. Needs "
@@ -216,7 +222,7 @@ def grid(
     from . import api
     from .bayes.sampling import SAMPLERS
 
-    if sampler not in SAMPLERS:
+    if sampler is not None and sampler not in SAMPLERS:
         err.print(f"[bold red]error:[/] --sampler must be one of {', '.join(SAMPLERS)}, not {sampler!r}")
         raise typer.Exit(EXIT_INPUT)
     sets = None if controls is None else [tuple(c.strip() for c in item.split(",") if c.strip())

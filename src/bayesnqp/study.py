@@ -52,20 +52,24 @@ QUICK = {"draws": 300, "tune": 300, "chains": 2}
 @dataclass(frozen=True)
 class RunOptions:
     out: Path | None = None
-    draws: int = 1000
-    tune: int = 1000
-    chains: int = 4
+    # None: not given, so a model spec's [sampler] value or the code default applies
+    draws: int | None = None
+    tune: int | None = None
+    chains: int | None = None
     seed: int = 20240601
     quick: bool = False
     strict: bool = False
-    sampler: str = "nutpie"
+    sampler: str | None = None
     bayes: bool = True  # False: data and frequentist stages only (seconds instead of minutes)
 
     def sampler_settings(self) -> SamplerSettings:
-        draws, tune, chains = (QUICK["draws"], QUICK["tune"], QUICK["chains"]) if self.quick else (
-            self.draws, self.tune, self.chains)
-        return SamplerSettings(draws=draws, tune=tune, chains=chains, seed=self.seed,
-                               sampler=self.sampler)  # type: ignore[arg-type]
+        """The run's sampler settings; what the user gave (or --quick) is pinned against the specs."""
+        given: dict[str, Any] = {k: v for k, v in (("draws", self.draws), ("tune", self.tune),
+                                                   ("chains", self.chains), ("sampler", self.sampler))
+                                 if v is not None}
+        if self.quick:
+            given.update(QUICK)
+        return SamplerSettings(seed=self.seed, pinned=frozenset(given), **given)
 
 
 Stage = Callable[[RunContext], None]
@@ -178,7 +182,10 @@ def base_summary(study: StudyData, options: RunOptions, settings: SamplerSetting
                  "weights": study.weights_source},
         "settings": {"draws": settings.draws, "tune": settings.tune, "chains": settings.chains,
                      "seed": settings.seed, "sampler": settings.sampler, "quick": options.quick,
-                     "strict": options.strict, "bayes": options.bayes},
+                     "strict": options.strict, "bayes": options.bayes,
+                     # what the user set; a model spec's [sampler] table sets the rest for its own fit
+                     # (each fit's block records the draws, tune and chains it used)
+                     "set_by_user": sorted(settings.pinned)},
         "descriptives": {}, "index_weights": {}, "analyses": {}, "skipped": {}, "flagged": [], "failed": {},
     }
     if selection.prefixes is not None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import re
 
 import arviz as az
 import numpy as np
@@ -87,6 +87,8 @@ class BayesResult:
             "diagnostics": self.diagnostics.to_dict(),
             "spec_hash": self.idata.attrs.get("spec_hash"),
         }
+        if "sampler_settings" in self.idata.attrs:  # the draws, tune, chains and seed this fit used
+            block["sampler_settings"] = json.loads(self.idata.attrs["sampler_settings"])
         if self.agreement is not None:
             block["agreement"] = {"oracle": self.agreement.attrs.get("oracle"),
                                   "meant_to_match": self.meant_to_match, "note": self.agreement_note,

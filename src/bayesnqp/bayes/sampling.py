@@ -10,6 +10,7 @@ with ``with_data``; numba's on-disk cache makes a second process faster too.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import warnings
 from dataclasses import asdict, dataclass
@@ -35,6 +36,9 @@ class SamplerSettings:
     target_accept: float = 0.8
     cores: int | None = None
     progress: bool = False
+    # Fields the user set (command line, API or --quick): a model spec's [sampler] table may override
+    # the others, never these (precedence: command line > spec > code default).
+    pinned: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -43,6 +47,8 @@ class SamplerSettings:
             raise ValueError("draws and chains must be positive, tune non-negative")
         if not 0.5 <= self.target_accept < 1:
             raise ValueError("target_accept must lie in [0.5, 1)")
+        if unknown := set(self.pinned) - {"draws", "tune", "chains", "sampler", "target_accept"}:
+            raise ValueError(f"cannot pin {sorted(unknown)}")
 
     def replace(self, **changes: Any) -> "SamplerSettings":
         return SamplerSettings(**{**asdict(self), **changes})
@@ -172,6 +178,10 @@ def sample(model: pm.Model, settings: SamplerSettings, *, cache_key: str | None 
                               random_seed=settings.seed, target_accept=settings.target_accept,
                               progressbar=settings.progress, compute_convergence_checks=False, **kwargs)
     _attach_observed(model, idata)
+    # how this fit was drawn, after the spec's [sampler] table was applied (saved with the fit)
+    idata.attrs["sampler_settings"] = json.dumps(
+        {k: getattr(settings, k) for k in ("sampler", "draws", "tune", "chains", "seed", "target_accept")},
+        sort_keys=True)
     if log_likelihood:
         with model:
             pm.compute_log_likelihood(idata, progressbar=False)

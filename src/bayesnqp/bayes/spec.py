@@ -71,8 +71,9 @@ class ModelSpec:
         return out
 
     def sampler_settings(self, base: SamplerSettings) -> SamplerSettings:
-        """The run's settings (CLI) overridden by what this spec pins (e.g. target_accept, tune)."""
-        return base.replace(**{k: v for k, v in self.sampler.items() if k in ("tune", "target_accept")})
+        """The run's settings with this spec's ``[sampler]`` values applied, except where the user set a
+        value (``base.pinned``): command line > spec > code default."""
+        return base.replace(**{k: v for k, v in self.sampler.items() if k not in base.pinned})
 
     def attrs(self) -> dict[str, str]:
         """For ``idata.attrs`` (netCDF attributes must be strings or numbers)."""
