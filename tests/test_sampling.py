@@ -173,3 +173,26 @@ def test_command_line_beats_spec_beats_code_default():
     assert (given.tune, given.sampler, given.draws) == (50, "pymc", 123)
     with pytest.raises(ValueError, match="cannot pin"):
         SamplerSettings(pinned=frozenset({"seed"}))
+
+
+def test_specs_are_strict_about_builder_and_options():
+    """Every field of a spec is read or refused: an unknown family, an option the family does not read,
+    or a value outside the family's choices is an InputError naming the file and the field."""
+    import tomllib
+
+    from bayesnqp.bayes.spec import BUILDER_OPTIONS, parse_spec
+    from bayesnqp.errors import InputError
+    from bayesnqp.paths import bundled
+
+    raw = tomllib.loads((bundled("models") / "bayes_sar.toml").read_text())
+    assert parse_spec(raw, "bayes_sar.toml").options["model"] == "sar"
+    for change, message in (({"builder": "gp"}, "builder must be one of"),
+                            ({"options": {**raw["options"], "modle": "sar"}}, "unknown option 'modle'"),
+                            ({"options": {**raw["options"], "model": "gns"}}, "option 'model' must be one of")):
+        with pytest.raises(InputError, match=message) as err:
+            parse_spec({**raw, **change}, "my_models/bayes_sar.toml")
+        assert "my_models/bayes_sar.toml" in str(err.value)
+    # every option a bundled spec sets is one its family reads
+    for path in sorted(bundled("models").glob("*.toml")):
+        spec = tomllib.loads(path.read_text())
+        assert set(spec.get("options", {})) <= set(BUILDER_OPTIONS[spec["builder"]]), path.name

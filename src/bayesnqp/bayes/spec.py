@@ -43,6 +43,15 @@ YearEffect = Literal["none", "zerosum", "fixed"]
 _TOP_KEYS = {"id", "title", "builder", "outcome", "terms", "likelihood", "effects", "priors", "sampler",
              "options", "description"}
 _SAMPLER_KEYS = {"draws", "tune", "chains", "target_accept", "sampler"}
+# The model families and the [options] each one reads; anything else in a spec is an error, so no field
+# is decorative. A value listed as a tuple must be one of those values.
+BUILDER_OPTIONS: dict[str, dict[str, tuple[Any, ...] | None]] = {
+    "panel": {"city_effects": None, "errors": None, "slopes": None, "city_param": None, "likelihoods": None},
+    "iv": {},
+    "mediation": {"ppc_draws": None, "sensitivity_step": None, "sensitivity": ("one_at_a_time",)},
+    "car": {"mundlak": (True, False), "parametrisation": None},
+    "sdm": {"model": ("sdm", "sar", "sem", "slx"), "likelihood_form": None},
+}
 
 
 @dataclass(frozen=True)
@@ -108,6 +117,17 @@ def parse_spec(raw: dict[str, Any], source: str) -> ModelSpec:
     for name, prior in raw.get("priors", {}).items():
         if not isinstance(prior, dict) or "dist" not in prior:
             problems.append(Problem(source, f"prior '{name}' needs a 'dist'"))
+    builder = raw.get("builder")
+    if isinstance(builder, str) and builder not in BUILDER_OPTIONS:
+        problems.append(Problem(source, f"builder must be one of {sorted(BUILDER_OPTIONS)}, got {builder!r}"))
+    elif isinstance(builder, str):
+        known = BUILDER_OPTIONS[builder]
+        for key, value in raw.get("options", {}).items():
+            if key not in known:
+                problems.append(Problem(source, f"unknown option '{key}' for builder '{builder}' "
+                                                f"(known: {', '.join(sorted(known)) or 'none'})"))
+            elif known[key] is not None and value not in known[key]:  # type: ignore[operator]
+                problems.append(Problem(source, f"option '{key}' must be one of {known[key]}, got {value!r}"))
     terms = raw.get("terms", [])
     if not isinstance(terms, list) or not all(isinstance(t, str) for t in terms):
         problems.append(Problem(source, "'terms' must be a list of column names"))
