@@ -184,7 +184,8 @@ SamplerName = Literal["nutpie", "nutpie-jax", "pymc", "numpyro"]
 
 
 def run(study: StudyData | None = None, *, draws: int | None = None, tune: int | None = None,
-        chains: int | None = None, seed: int = 20240601, sampler: SamplerName | None = None, quick: bool = False, bayes: bool = True,
+        chains: int | None = None, seed: int = 20240601, sampler: SamplerName | None = None, quick: bool = False,
+        bayes: bool = True, models: str | os.PathLike[str] | None = None,
         only: Sequence[str] | str | None = None, strict: bool = False,
         progress: bool | Callable[[str], None] = True, workdir: str | os.PathLike[str] | None = None,
         _hard_exit_on_stuck_signal: bool = False) -> StudyResults:
@@ -195,7 +196,9 @@ def run(study: StudyData | None = None, *, draws: int | None = None, tune: int |
     ``["bayes_groups"]``); the oracles a selected Bayesian model is compared with run too, and so do
     the fits a selected check reads. None runs everything. ``bayes=False``: frequentist stages only.
     ``draws``/``tune``/``chains``/``sampler``: None leaves a model spec's ``[sampler]`` value or the default
-    (1000/1000/4/nutpie); a value given here wins over the spec. ``quick``: 300 draws x 2 chains. ``strict``: raise ``ConvergenceError`` if any check is flagged or
+    (1000/1000/4/nutpie); a value given here wins over the spec. ``models``: a folder of model specs (TOML): one
+    named after a bundled analysis replaces it (your priors, terms, sampler settings, options); a new
+    ``bayes_*`` id with builder "panel" runs as a new analysis. ``quick``: 300 draws x 2 chains. ``strict``: raise ``ConvergenceError`` if any check is flagged or
     any analysis failed. ``progress``: True prints each step with its elapsed time to stderr (shown in
     a terminal and in a notebook), or a callable taking the message. ``workdir``: a folder (not yet
     existing) to build the report files in; default a private temporary folder.
@@ -207,7 +210,11 @@ def run(study: StudyData | None = None, *, draws: int | None = None, tune: int |
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, not {sampler!r}")
     data = study if study is not None else load_study()
     options = mod.RunOptions(draws=draws, tune=tune, chains=chains, seed=seed, quick=quick, strict=strict,
-                             sampler=sampler, bayes=bayes)
+                             sampler=sampler, bayes=bayes, models=None if models is None else Path(models))
+    if options.models is not None:
+        from .bayes.spec import read_user_models
+
+        read_user_models(options.models)  # every problem of the folder named before anything runs
     options.sampler_settings()  # bad draws/chains fail here, before anything runs
     show = _printer(time.perf_counter()) if progress is True else (progress or (lambda message: None))
     if workdir is None:
@@ -236,12 +243,13 @@ def run(study: StudyData | None = None, *, draws: int | None = None, tune: int |
 
 def fit(study: StudyData | None, analysis_id: str, *, draws: int | None = None, tune: int | None = None,
         chains: int | None = None, seed: int = 20240601, sampler: SamplerName | None = None,
-        progress: bool | Callable[[str], None] = True) -> Result:
+        models: str | os.PathLike[str] | None = None, progress: bool | Callable[[str], None] = True) -> Result:
     """Fit one analysis by id (with the oracle it is compared with) and return its result:
     ``fit(study, "bayes_table3_col4", draws=200, chains=2)``. A frequentist id (``"table3_col4"``)
     returns the oracle. Raises KeyError if the data do not allow it (see ``run(...).summary["skipped"]``)
     and RuntimeError with the message if it failed."""
-    with run(study, draws=draws, tune=tune, chains=chains, seed=seed, sampler=sampler, only=[analysis_id],
+    with run(study, draws=draws, tune=tune, chains=chains, seed=seed, sampler=sampler, models=models,
+             only=[analysis_id],
              progress=progress, bayes=analysis_id.startswith(("bayes_", "ppc_"))) as res:
         if analysis_id in res:
             return res[analysis_id]

@@ -127,6 +127,10 @@ def run(
         help="Number of chains [default: 4, or the model spec's].", min=1, show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Seed of every random step (sampling, permutations, simulation).")] = 20240601,
     sampler: Annotated[Optional[str], typer.Option(help=SAMPLER_HELP, show_default=False)] = None,
+    models: Annotated[Optional[Path], typer.Option(
+        "--models", help="A folder of your model specs (TOML): a file named after a bundled analysis (e.g. "
+                         "bayes_table3_col4.toml) replaces it; a new bayes_* id with builder \"panel\" runs as "
+                         "a new analysis. See README, \"Your own model specs\".")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Few draws (300 x 2 chains) for a fast look; "
                                                         "diagnostics will flag low ESS.")] = False,
     no_bayes: Annotated[bool, typer.Option("--no-bayes", help="Only the data stage and the frequentist "
@@ -150,8 +154,13 @@ def run(
             err.print(f"[dim][{elapsed:6.0f}s][/] {message}", highlight=False)
 
         try:
+            if models is not None:
+                from .bayes.spec import read_user_models
+
+                read_user_models(models)  # every problem of the folder named before anything is written
             folder = _run_and_write(data, config, out_dir, progress, draws=draws, tune=tune, chains=chains,
-                                    seed=seed, quick=quick, strict=strict, sampler=sampler, bayes=not no_bayes)
+                                    seed=seed, quick=quick, strict=strict, sampler=sampler, bayes=not no_bayes,
+                                    models=models)
         except InputError as exc:
             status.stop()
             _fail_input(exc)

@@ -33,6 +33,7 @@ from .checks.flags import records as flag_records
 from .report.html import ReportBuilder
 from .report.overview import finish_report
 from .results import json_safe
+from .bayes.spec import read_user_models, user_models
 from .staging import InterruptGuard, clean_stale, mark_owner, private_tempdir, replace_folder, staging_path
 from .stages.context import RunContext
 from .stages.data import stage_data
@@ -42,6 +43,7 @@ from .stages.bayesian import (  # noqa: I001
     stage_bayes_iv,
     stage_bayes_mediation,
     stage_bayes_panel,
+    stage_user_models,
 )
 from .stages.frequentist import stage_frequentist
 from .stages.spatial import stage_spatial_bayes, stage_spatial_frequentist
@@ -61,6 +63,7 @@ class RunOptions:
     strict: bool = False
     sampler: str | None = None
     bayes: bool = True  # False: data and frequentist stages only (seconds instead of minutes)
+    models: Path | None = None  # the user's folder of model specs (replacing bundled ones, or new analyses)
 
     def sampler_settings(self) -> SamplerSettings:
         """The run's sampler settings; what the user gave (or --quick) is pinned against the specs."""
@@ -84,13 +87,14 @@ STAGES: list[tuple[str, Stage]] = [
     ("frequentist oracles", stage_frequentist),
     ("spatial oracles", stage_spatial_frequentist),
     ("Bayesian panel models", stage_bayes_panel),
+    ("your models", stage_user_models),
     ("group-specific slopes", stage_bayes_groups),
     ("Bayesian IV", stage_bayes_iv),
     ("latent mediator model", stage_bayes_mediation),
     ("Bayesian spatial models", stage_spatial_bayes),
     ("agreement", stage_agreement),
 ]
-BAYES_STAGES = {stage_bayes_panel, stage_bayes_groups, stage_bayes_iv, stage_bayes_mediation, stage_spatial_bayes,
+BAYES_STAGES = {stage_bayes_panel, stage_user_models, stage_bayes_groups, stage_bayes_iv, stage_bayes_mediation, stage_spatial_bayes,
                 stage_agreement}
 
 
@@ -185,7 +189,8 @@ def base_summary(study: StudyData, options: RunOptions, settings: SamplerSetting
                      "strict": options.strict, "bayes": options.bayes,
                      # what the user set; a model spec's [sampler] table sets the rest for its own fit
                      # (each fit's block records the draws, tune and chains it used)
-                     "set_by_user": sorted(settings.pinned)},
+                     "set_by_user": sorted(settings.pinned),
+                     "models_folder": None if options.models is None else str(options.models)},
         "descriptives": {}, "index_weights": {}, "analyses": {}, "skipped": {}, "flagged": [], "failed": {},
     }
     if selection.prefixes is not None:
@@ -202,6 +207,7 @@ def compute(study: StudyData, options: RunOptions, workdir: Path,
     ConvergenceError (and removes ``workdir``)."""
     selection = Selection.of(only)
     settings = options.sampler_settings()
+    mine = read_user_models(options.models) if options.models is not None else []
     summary = base_summary(study, options, settings, selection)
     title = "bayesnqp report: " + study.data_name
     meta = {"data": study.source, "cities x years": f"{len(study.cities)} x {len(study.years)}",
@@ -220,11 +226,12 @@ def compute(study: StudyData, options: RunOptions, workdir: Path,
         scope.enter_context(guard.active())
         scope.enter_context(single_threaded_blas())
         scope.enter_context(private_tempdir())
+        scope.enter_context(user_models(options.models))
         (workdir / "fits").mkdir(parents=True)
         mark_owner(workdir)  # the CLI builds in the staging folder itself: a stale one is then recognised
         report = ReportBuilder(workdir, title=title, synthetic=study.synthetic, meta=meta)
         ctx = RunContext(study=study, settings=settings, report=report, out=workdir, summary=summary,
-                         progress=checked_progress, wants=selection.wants)
+                         progress=checked_progress, wants=selection.wants, user_specs=tuple(mine))
         for label, stage in STAGES:
             if not options.bayes and stage in BAYES_STAGES:
                 continue

@@ -28,6 +28,9 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -139,11 +142,76 @@ def parse_spec(raw: dict[str, Any], source: str) -> ModelSpec:
                      options=dict(raw.get("options", {})), description=raw.get("description", ""))
 
 
+# The user's model folder for the run under way (``--models``, ``run(models=...)``): a spec there replaces
+# the bundled spec of the same id. A context variable, so a notebook's other runs are not affected.
+_USER_MODELS: ContextVar[Path | None] = ContextVar("user_models", default=None)
+# A new analysis (an id the study does not have) can use this family: it runs beside Table 3 with the
+# frequentist panel regression of the same terms and effects as its oracle.
+NEW_ANALYSIS_BUILDERS = ("panel",)
+
+
+@contextmanager
+def user_models(folder: Path | None) -> Iterator[None]:
+    """Read specs from ``folder`` before the bundled ones while the block runs."""
+    token = _USER_MODELS.set(None if folder is None else Path(folder))
+    try:
+        yield
+    finally:
+        _USER_MODELS.reset(token)
+
+
+def bundled_spec_ids() -> list[str]:
+    return sorted(p.stem for p in bundled("models").glob("*.toml"))
+
+
+def read_user_models(folder: str | Path) -> list[ModelSpec]:
+    """Every spec in the user's folder, checked before anything runs: strict fields, id = file name, the
+    family of a bundled id kept (its stage and oracle are that family's), and a new id only for a family
+    in ``NEW_ANALYSIS_BUILDERS``. Raises InputError naming each file and problem."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError([Problem(str(folder), "model folder not found (give a folder of TOML specs)")])
+    paths = sorted(folder.glob("*.toml"))
+    if not paths:
+        raise InputError([Problem(str(folder), "no model specs (*.toml) in this folder")])
+    known = set(bundled_spec_ids())
+    specs, problems = [], []
+    for path in paths:
+        try:
+            spec = load_spec(path)
+        except InputError as exc:
+            problems += exc.problems
+            continue
+        if spec.id in known:
+            family = load_bundled(spec.id).builder
+            if spec.builder != family:
+                problems.append(Problem(str(path), f"'{spec.id}' is a '{family}' analysis; its builder cannot "
+                                                   f"change to '{spec.builder}'"))
+        elif spec.builder not in NEW_ANALYSIS_BUILDERS:
+            problems.append(Problem(str(path), f"a new analysis ('{spec.id}' is not one of the study's) must use "
+                                               f"builder {' or '.join(map(repr, NEW_ANALYSIS_BUILDERS))}; to "
+                                               f"change a '{spec.builder}' model, name the file after one of "
+                                               f"{', '.join(sorted(i for i in known if load_bundled(i).builder == spec.builder))}"))
+        elif not spec.id.startswith("bayes_"):
+            problems.append(Problem(str(path), f"a new analysis id must start with 'bayes_', got '{spec.id}'"))
+        specs.append(spec)
+    if problems:
+        raise InputError(problems)
+    return specs
+
+
+def load_bundled(spec_id: str) -> ModelSpec:
+    return load_spec(bundled("models") / f"{spec_id}.toml")
+
+
 def load_spec(name_or_path: str | Path) -> ModelSpec:
-    """Load ``models/<name>.toml`` (bundled) or a TOML file path."""
+    """Load a spec by id (the user's model folder of the run first, then the bundled ``models/``) or
+    from a TOML file path."""
     path = Path(name_or_path)
     if path.suffix != ".toml":
-        path = bundled("models") / f"{name_or_path}.toml"
+        user = _USER_MODELS.get()
+        mine = None if user is None else user / f"{name_or_path}.toml"
+        path = mine if mine is not None and mine.is_file() else bundled("models") / f"{name_or_path}.toml"
     if not path.is_file():
         raise InputError([Problem(str(path), "model spec not found")])
     try:

@@ -286,6 +286,48 @@ def stage_bayes_panel(ctx: RunContext) -> None:
         render_bayes(ctx, sec, x)
 
 
+def stage_user_models(ctx: RunContext) -> None:
+    """New analyses from the user's model folder (``--models``): each a panel-family spec, fitted beside
+    Table 3 and held against least squares with the same terms and fixed effects (oracle id: the spec id
+    without ``bayes_``, plus ``_ls``)."""
+    from ..bayes import panel as bp
+    from ..bayes.spec import bundled_spec_ids
+    from ..frequentist.panel import fit_panel
+
+    bundled = set(bundled_spec_ids())
+    new = [s for s in ctx.user_specs if s.id not in bundled]
+    if not new:
+        return
+    study, report = ctx.study, ctx.report
+    controls = list(study.roles.controls)
+    sec = report.section("user_models", "Your models (from the model folder)")
+    report.text(sec, "Each model below comes from a spec in the model folder given to this run. Its frequentist "
+                     "oracle is least squares on the same terms, with city fixed effects where the spec has "
+                     "city effects and year fixed effects where it has year effects (city-clustered SEs).")
+    for spec in new:
+        def one(spec=spec) -> BayesResult:
+            terms = spec.expand_terms(controls)
+            city = spec.effects.get("city", "none") != "none"
+            year = spec.effects.get("year", "none") != "none"
+            oracle = fit_panel(study.frame, spec.outcome, terms, city_fe=city, year_fe=year, se="cluster",
+                               id=spec.id.removeprefix("bayes_") + "_ls", title=f"{spec.title} (least squares)",
+                               key_term=terms[0])
+            ctx.add_oracle(oracle)
+            model, idata, _ = bp.fit_spec(study.frame, spec, controls, ctx.settings)
+            # The posterior reproduces least squares only with Normal iid errors and city effects that are
+            # fixed (or Mundlak), and year effects of fixed scale (a hierarchical year sd shrinks them).
+            matches = (spec.likelihood == "normal" and not spec.options.get("errors")
+                       and spec.effects.get("city", "none") in ("none", "mundlak")
+                       and spec.effects.get("year", "none") in ("none", "zerosum", "fixed"))
+            return bp.finish(spec, model, idata, oracle=oracle, meant_to_match=matches,
+                             agreement_note=("Your model: compared with least squares on the same terms and "
+                                             "effects" + ("" if matches else "; not meant to reproduce it "
+                                                          "(its likelihood, errors or effects differ)") + "."))
+        result = ctx.guarded(spec.id, one, sec)
+        if result is not None:
+            render_bayes(ctx, sec, result)
+
+
 def stage_bayes_groups(ctx: RunContext) -> None:
     from ..bayes.groups import fit_groups, fit_province_slopes
 

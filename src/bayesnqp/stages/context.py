@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..bayes.spec import ModelSpec
 from ..bayes.result import BayesResult
 from ..bayes.sampling import SamplerSettings
 from ..checks.flags import Flag, convergence_flags, failed_flag
@@ -37,6 +38,8 @@ class RunContext:
     wants: Callable[[str], bool] = lambda analysis_id: True
     # wall seconds per stage, for run.json (never summary.json: times differ between identical runs)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    # the specs of the user's model folder (``--models``): new analyses among them run in their own stage
+    user_specs: tuple[ModelSpec, ...] = ()
 
     def add_oracle(self, result: AnalysisResult) -> AnalysisResult:
         self.oracles[result.id] = result
