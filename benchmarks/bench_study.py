@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -105,6 +106,8 @@ def main() -> None:
             env = cache_env(caches)
             base = [] if panel == "demo" else small_panel(tmp_path)
             for mode in modes:
+                if mode == "cold":  # cold means empty caches, whatever ran before
+                    shutil.rmtree(caches, ignore_errors=True)
                 extra = {"cold": [], "warm": [], "quick": ["--quick"], "pymc": ["--sampler", "pymc"]}[mode]
                 out = tmp_path / f"out_{panel}_{mode}"
                 print(f"{panel} / {mode} ...", file=sys.stderr, flush=True)

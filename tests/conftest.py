@@ -83,3 +83,16 @@ def default_sigint():
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGINT, previous)
+
+
+def require(module: str, why: str):
+    """Import an optional dependency of a test: skip without it, except under CI (CI=true), where the
+    test extra installs it and a missing one must fail rather than pass silently."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+            pytest.fail(f"{module} is not installed under CI ({why})")
+        pytest.skip(f"{module} is not installed ({why})")

@@ -23,7 +23,8 @@ from bayesnqp.results import AnalysisResult, coef_frame
 from test_spatial_effects import make_graph, real_weights
 
 CONTROLS = ["develop"]
-FAST = SamplerSettings(draws=500, tune=500, chains=2, seed=11)
+# tune 1000: what every spatial spec sets (a value given here would win over the spec)
+FAST = SamplerSettings(draws=500, tune=1000, chains=2, seed=11)
 
 
 def simulate(weights, t=8, rho=0.4, beta=(1.0, -0.5), theta=(0.5, 0.3), sigma=0.5, seed=1, model="sdm"):

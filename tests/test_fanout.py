@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import require
 
 from bayesnqp.fanout import SERIAL, fan_out, grid_tasks, task_seeds
 
@@ -33,7 +34,7 @@ def test_bad_scheduler_is_refused():
 def client():
     """One 2-worker LocalCluster (processes, one thread each) for the module; the tests pass the client,
     which ``fan_out`` leaves open."""
-    distributed = pytest.importorskip("distributed", reason="dask[distributed] is not installed (the dask extra)")
+    distributed = require("distributed", "the dask extra")
     import dask
 
     with dask.config.set({"distributed.worker.daemon": False}), \

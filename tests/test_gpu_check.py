@@ -9,13 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import require
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.recovery
 def test_gpu_check_runs_without_a_gpu_and_reports_the_cpu_legs(tmp_path):
-    pytest.importorskip("jax", reason="the JAX leg needs the jax extra (installed by the test extra)")
+    require("jax", "the jax extra: the nutpie-jax sampler")
     out = tmp_path / "gpu_check.json"
     env = {**os.environ, "CITIES": "30", "YEARS": "5", "DRAWS": "50", "TUNE": "50", "CHAINS": "2",
            "OUT": str(out), "PYTHON": sys.executable}

@@ -99,7 +99,7 @@ def _layer(module: str) -> str:
 
 
 LEAVES = {"names", "errors", "paths", "results", "conventions", "panelops", "spatial_linalg"}
-DRIVERS = {"stages", "study", "staging", "api", "cli", "__main__", ""}
+DRIVERS = {"stages", "study", "staging", "fanout", "api", "cli", "__main__", ""}
 # importer layer -> layers it must never import
 FORBIDDEN: dict[str, set[str]] = {
     "config": {"data", "measures", "frequentist", "bayes", "checks", "report"} | DRIVERS,

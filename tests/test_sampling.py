@@ -3,6 +3,7 @@
 import numpy as np
 import pymc as pm
 import pytest
+from conftest import require
 
 from bayesnqp.bayes import sampling
 from bayesnqp.bayes.sampling import SamplerSettings, constants_fingerprint, sample
@@ -81,6 +82,7 @@ def labelled_model(x, y, labels: list[str]) -> pm.Model:
     return model
 
 
+@pytest.mark.recovery
 def test_cached_compilation_carries_the_new_models_labels():
     """Same structure, other term names: the reused compilation must not keep the first model's labels."""
     rng = np.random.default_rng(2)
@@ -111,7 +113,7 @@ def test_jax_backend_gives_the_default_posterior():
     """--sampler nutpie-jax against the default on the column (4) iid model of a small simulated panel:
     posterior means within 4 Monte Carlo SEs, sds within 10% (4 chains: with 2 x 1000 draws one sd came 7%
     apart by chance; with 4 x 2000 they agree within 1%)."""
-    pytest.importorskip("jax", reason="jax is not installed (the jax extra): the nutpie-jax sampler cannot run")
+    require("jax", "the jax extra: the nutpie-jax sampler")
     import arviz as az
 
     from bayesnqp.bayes import panel
@@ -132,9 +134,10 @@ def test_jax_backend_gives_the_default_posterior():
     assert ((b["sd"] / a["sd"] - 1).abs() < 0.1).all(), (a, b)
 
 
+@pytest.mark.recovery
 def test_jax_compilation_is_not_reused_with_stale_data():
     """nutpie's JAX model has the data baked in (nothing to swap): new data must compile anew."""
-    pytest.importorskip("jax", reason="jax is not installed (the jax extra): the nutpie-jax sampler cannot run")
+    require("jax", "the jax extra: the nutpie-jax sampler")
     rng = np.random.default_rng(4)
     x = rng.normal(size=200)
     sampling._COMPILED.clear()

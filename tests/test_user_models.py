@@ -5,7 +5,6 @@ and a folder with any problem is refused before anything is written."""
 from __future__ import annotations
 
 import json
-import tomllib
 
 import numpy as np
 import pytest
@@ -64,13 +63,16 @@ def test_a_user_folder_replaces_a_bundled_spec_and_adds_a_new_analysis(raw_csv, 
 def test_a_folder_with_problems_is_refused_before_anything_is_written(raw_csv, tmp_path):
     folder = tmp_path / "my_models"
     folder.mkdir()
-    sar = tomllib.loads((bundled("models") / "bayes_sar.toml").read_text())
     (folder / "bayes_sar.toml").write_text((bundled("models") / "bayes_sar.toml").read_text()
                                            .replace('likelihood_form', 'likelihood_fomr'))
     (folder / "bayes_my_sdm.toml").write_text(MY_POOLED.replace("bayes_my_pooled", "bayes_my_sdm")
                                               .replace('builder = "panel"', 'builder = "sdm"'))
     (folder / "bayes_iv.toml").write_text((bundled("models") / "bayes_iv.toml").read_text()
                                           .replace('builder = "iv"', 'builder = "panel"'))
+    (folder / "bayes_slx.toml").write_text((bundled("models") / "bayes_slx.toml").read_text()
+                                           .replace('model = "slx"', 'model = "sdm"'))
+    (folder / "bayes_my_car.toml").write_text(MY_POOLED.replace("bayes_my_pooled", "bayes_my_car")
+                                              .replace('city = "none"', 'city = "bym2"'))
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["run", "--data", str(raw_csv()), "--models", str(folder), "--out", str(out)])
     assert result.exit_code == 2, result.output
@@ -78,6 +80,8 @@ def test_a_folder_with_problems_is_refused_before_anything_is_written(raw_csv, t
     assert "unknown option 'likelihood_fomr'" in text and "bayes_sar.toml" in text
     assert "a new analysis ('bayes_my_sdm' is not one of the study's) must use builder 'panel'" in text
     assert "'bayes_iv' is a 'iv' analysis" in text
-    assert not out.exists() and sar["options"]["model"] == "sar"
+    assert "options.model must be 'slx' in bayes_slx" in text
+    assert "the panel family's city effects are" in text and "bayes_my_car.toml" in text
+    assert not out.exists()
     with pytest.raises(InputError, match="model folder not found"):
         bn.run(bn.load_study(raw_csv()), models=tmp_path / "missing", progress=False)

@@ -53,7 +53,7 @@ from .names import (
     TOTAL_EMPLOYMENT,
     YEAR,
 )
-from .panelops import within  # year means first (axes=(1, 0)), as the bundled demo was generated
+from .panelops import within  # city means removed first (axes=(1, 0) on (city, year) arrays), as the demo was generated
 
 GENERATOR_VERSION = "1.0.0"
 DEFAULT_SEED = 20130101

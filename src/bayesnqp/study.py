@@ -33,7 +33,7 @@ from .checks.flags import records as flag_records
 from .report.html import ReportBuilder
 from .report.overview import finish_report
 from .results import json_safe
-from .bayes.spec import read_user_models, user_models
+from .bayes.spec import bundled_spec_ids, read_user_models, user_models
 from .staging import InterruptGuard, clean_stale, mark_owner, private_tempdir, replace_folder, staging_path
 from .stages.context import RunContext
 from .stages.data import stage_data
@@ -94,6 +94,7 @@ STAGES: list[tuple[str, Stage]] = [
     ("Bayesian spatial models", stage_spatial_bayes),
     ("agreement", stage_agreement),
 ]
+BUNDLED_IDS = frozenset(bundled_spec_ids())
 BAYES_STAGES = {stage_bayes_panel, stage_user_models, stage_bayes_groups, stage_bayes_iv, stage_bayes_mediation, stage_spatial_bayes,
                 stage_agreement}
 
@@ -235,6 +236,8 @@ def compute(study: StudyData, options: RunOptions, workdir: Path,
         for label, stage in STAGES:
             if not options.bayes and stage in BAYES_STAGES:
                 continue
+            if stage is stage_user_models and not any(s.id not in BUNDLED_IDS for s in mine):
+                continue  # no model folder, or one that only replaces bundled specs
             if not selection.runs_stage(stage) or (stage is stage_agreement and not ctx.bayes
                                                    and selection.prefixes is not None):
                 continue

@@ -65,12 +65,12 @@ from ..results import AnalysisResult
 from .errors import ErrorStructure, row_order, structured_city_logp, structured_city_random
 from .result import BayesResult
 from .sampling import SamplerSettings, sample
-from .spec import ModelSpec, load_spec
+from .spec import PANEL_CITY_EFFECTS, PANEL_LIKELIHOODS, PANEL_YEAR_EFFECTS, ModelSpec, load_spec
 
 OBS = names.OBS
-SUPPORTED_CITY = ("none", "random", "mundlak")
-SUPPORTED_YEAR = ("none", "zerosum", "fixed")
-SUPPORTED_LIKELIHOOD = ("normal", "student_t", "lognormal")
+SUPPORTED_CITY = PANEL_CITY_EFFECTS
+SUPPORTED_YEAR = PANEL_YEAR_EFFECTS
+SUPPORTED_LIKELIHOOD = PANEL_LIKELIHOODS
 
 # Default prior scales on the standardised scale (overridable from the spec's [priors]).
 DEFAULT_PRIORS: dict[str, dict[str, Any]] = {

@@ -668,7 +668,8 @@ def fit_sdm(frame: pd.DataFrame, controls: list[str] | tuple[str, ...], weights:
     W_agglomeration, W_<control>, rho).
     """
     spec = _with_spec(spec, f"bayes_{model}")
-    model = spec.options.get("model", model)  # a spec names its member of the family
+    if spec.options.get("model", model) != model:  # the spec names its member of the family
+        raise ValueError(f"{spec.id}: options.model is {spec.options['model']!r}, but this is the {model!r} analysis")
     terms = model_terms(spec, controls)
     data = sdm_data(frame, terms, weights, spec.outcome)
     m = build_sdm_model(data, weights, spec, model)

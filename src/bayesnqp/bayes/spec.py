@@ -37,7 +37,7 @@ from typing import Any, Literal, get_args
 
 from ..errors import InputError, Problem
 from ..paths import bundled
-from .sampling import SamplerSettings
+from .sampling import SAMPLERS, SamplerSettings
 
 Likelihood = Literal["normal", "student_t", "lognormal", "beta"]
 CityEffect = Literal["none", "random", "mundlak", "fixed", "bym2", "leroux"]
@@ -83,9 +83,12 @@ class ModelSpec:
         return out
 
     def sampler_settings(self, base: SamplerSettings) -> SamplerSettings:
-        """The run's settings with this spec's ``[sampler]`` values applied, except where the user set a
-        value (``base.pinned``): command line > spec > code default."""
-        return base.replace(**{k: v for k, v in self.sampler.items() if k not in base.pinned})
+        """The run's settings with this spec's ``[sampler]`` values applied where the caller left the code
+        default: command line (``base.pinned``) > spec > code default. A value a caller put into
+        ``SamplerSettings`` itself (other than the default) also wins over the spec."""
+        default = SamplerSettings()
+        return base.replace(**{k: v for k, v in self.sampler.items()
+                               if k not in base.pinned and getattr(base, k) == getattr(default, k)})
 
     def attrs(self) -> dict[str, str]:
         """For ``idata.attrs`` (netCDF attributes must be strings or numbers)."""
@@ -117,6 +120,16 @@ def parse_spec(raw: dict[str, Any], source: str) -> ModelSpec:
         problems.append(Problem(source, f"effects.year must be one of {get_args(YearEffect)}"))
     sampler = raw.get("sampler", {})
     problems += [Problem(source, f"unknown sampler key '{k}'") for k in sorted(set(sampler) - _SAMPLER_KEYS)]
+    for key in ("draws", "tune", "chains"):
+        if key in sampler and (not isinstance(sampler[key], int) or isinstance(sampler[key], bool)
+                               or sampler[key] < (0 if key == "tune" else 1)):
+            problems.append(Problem(source, f"sampler.{key} must be a whole number"
+                                             f"{' >= 0' if key == 'tune' else ' >= 1'}, got {sampler[key]!r}"))
+    if "target_accept" in sampler and not (isinstance(sampler["target_accept"], (int, float))
+                                           and 0.5 <= sampler["target_accept"] < 1):
+        problems.append(Problem(source, f"sampler.target_accept must lie in [0.5, 1), got {sampler['target_accept']!r}"))
+    if "sampler" in sampler and sampler["sampler"] not in SAMPLERS:
+        problems.append(Problem(source, f"sampler.sampler must be one of {SAMPLERS}, got {sampler['sampler']!r}"))
     for name, prior in raw.get("priors", {}).items():
         if not isinstance(prior, dict) or "dist" not in prior:
             problems.append(Problem(source, f"prior '{name}' needs a 'dist'"))
@@ -160,6 +173,26 @@ def user_models(folder: Path | None) -> Iterator[None]:
         _USER_MODELS.reset(token)
 
 
+# What the panel family's builder supports (bayes/panel.py builds from these).
+PANEL_CITY_EFFECTS = ("none", "random", "mundlak")
+PANEL_YEAR_EFFECTS = ("none", "zerosum", "fixed")
+PANEL_LIKELIHOODS = ("normal", "student_t", "lognormal")
+
+
+def panel_support_problems(spec: ModelSpec) -> list[str]:
+    """Why the panel family cannot build ``spec`` (empty if it can), said before anything runs."""
+    out = []
+    if spec.effects.get("city", "none") not in PANEL_CITY_EFFECTS:
+        out.append(f"the panel family's city effects are {PANEL_CITY_EFFECTS}, got {spec.effects['city']!r}")
+    if spec.effects.get("year", "none") not in PANEL_YEAR_EFFECTS:
+        out.append(f"the panel family's year effects are {PANEL_YEAR_EFFECTS}, got {spec.effects['year']!r}")
+    if spec.likelihood not in PANEL_LIKELIHOODS:
+        out.append(f"the panel family's likelihoods are {PANEL_LIKELIHOODS}, got {spec.likelihood!r}")
+    if not spec.terms:
+        out.append("'terms' must name at least one regressor")
+    return out
+
+
 def bundled_spec_ids() -> list[str]:
     return sorted(p.stem for p in bundled("models").glob("*.toml"))
 
@@ -174,7 +207,7 @@ def read_user_models(folder: str | Path) -> list[ModelSpec]:
     paths = sorted(folder.glob("*.toml"))
     if not paths:
         raise InputError([Problem(str(folder), "no model specs (*.toml) in this folder")])
-    known = set(bundled_spec_ids())
+    families = {spec_id: load_bundled(spec_id).builder for spec_id in bundled_spec_ids()}
     specs, problems = [], []
     for path in paths:
         try:
@@ -182,22 +215,30 @@ def read_user_models(folder: str | Path) -> list[ModelSpec]:
         except InputError as exc:
             problems += exc.problems
             continue
-        if spec.id in known:
-            family = load_bundled(spec.id).builder
-            if spec.builder != family:
-                problems.append(Problem(str(path), f"'{spec.id}' is a '{family}' analysis; its builder cannot "
-                                                   f"change to '{spec.builder}'"))
-        elif spec.builder not in NEW_ANALYSIS_BUILDERS:
-            problems.append(Problem(str(path), f"a new analysis ('{spec.id}' is not one of the study's) must use "
-                                               f"builder {' or '.join(map(repr, NEW_ANALYSIS_BUILDERS))}; to "
-                                               f"change a '{spec.builder}' model, name the file after one of "
-                                               f"{', '.join(sorted(i for i in known if load_bundled(i).builder == spec.builder))}"))
-        elif not spec.id.startswith("bayes_"):
-            problems.append(Problem(str(path), f"a new analysis id must start with 'bayes_', got '{spec.id}'"))
         specs.append(spec)
+        problems += [Problem(str(path), p) for p in _user_spec_problems(spec, families)]
     if problems:
         raise InputError(problems)
     return specs
+
+
+def _user_spec_problems(spec: ModelSpec, families: dict[str, str]) -> list[str]:
+    """Why a spec from the user's folder cannot run (``families``: bundled id -> builder)."""
+    member = spec.id.removeprefix("bayes_")
+    if spec.builder == "sdm" and spec.options.get("model", member) != member:
+        return [f"options.model must be '{member}' in {spec.id} (the file name says which model it is)"]
+    if spec.id in families:
+        if spec.builder != families[spec.id]:
+            return [f"'{spec.id}' is a '{families[spec.id]}' analysis; its builder cannot change to '{spec.builder}'"]
+        return []
+    if spec.builder not in NEW_ANALYSIS_BUILDERS:
+        same = sorted(i for i, b in families.items() if b == spec.builder)
+        return [f"a new analysis ('{spec.id}' is not one of the study's) must use builder "
+                f"{' or '.join(map(repr, NEW_ANALYSIS_BUILDERS))}; to change a '{spec.builder}' model, name the "
+                f"file after one of {', '.join(same)}"]
+    if not spec.id.startswith("bayes_"):
+        return [f"a new analysis id must start with 'bayes_', got '{spec.id}'"]
+    return panel_support_problems(spec)
 
 
 def load_bundled(spec_id: str) -> ModelSpec:

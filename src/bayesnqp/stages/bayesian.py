@@ -314,8 +314,8 @@ def stage_user_models(ctx: RunContext) -> None:
                                key_term=terms[0])
             ctx.add_oracle(oracle)
             model, idata, _ = bp.fit_spec(study.frame, spec, controls, ctx.settings)
-            # The posterior reproduces least squares only with Normal iid errors and city effects that are
-            # fixed (or Mundlak), and year effects of fixed scale (a hierarchical year sd shrinks them).
+            # The posterior reproduces least squares (under weak priors) only with Normal iid errors, no city
+            # effects or Mundlak ones (random effects shrink), and year effects of fixed prior scale.
             matches = (spec.likelihood == "normal" and not spec.options.get("errors")
                        and spec.effects.get("city", "none") in ("none", "mundlak")
                        and spec.effects.get("year", "none") in ("none", "zerosum", "fixed"))
