@@ -191,7 +191,9 @@ def test_specs_are_strict_about_builder_and_options():
     assert parse_spec(raw, "bayes_sar.toml").options["model"] == "sar"
     for change, message in (({"builder": "gp"}, "builder must be one of"),
                             ({"options": {**raw["options"], "modle": "sar"}}, "unknown option 'modle'"),
-                            ({"options": {**raw["options"], "model": "gns"}}, "option 'model' must be one of")):
+                            ({"options": {**raw["options"], "model": "gns"}}, "option 'model' must be one of"),
+                            ({"priors": {**raw["priors"], "bteta": {"dist": "normal"}}}, "unknown prior 'bteta'"),
+                            ({"sampler": {"tune": "1000"}}, "sampler.tune must be a whole number")):
         with pytest.raises(InputError, match=message) as err:
             parse_spec({**raw, **change}, "my_models/bayes_sar.toml")
         assert "my_models/bayes_sar.toml" in str(err.value)

@@ -144,6 +144,10 @@ def parse_spec(raw: dict[str, Any], source: str) -> ModelSpec:
                                                 f"(known: {', '.join(sorted(known)) or 'none'})"))
             elif known[key] is not None and value not in known[key]:  # type: ignore[operator]
                 problems.append(Problem(source, f"option '{key}' must be one of {known[key]}, got {value!r}"))
+    if isinstance(builder, str) and builder in BUILDER_PRIORS:
+        for name in sorted(set(raw.get("priors", {})) - BUILDER_PRIORS[builder]):
+            problems.append(Problem(source, f"unknown prior '{name}' for builder '{builder}' "
+                                            f"(known: {', '.join(sorted(BUILDER_PRIORS[builder]))})"))
     terms = raw.get("terms", [])
     if not isinstance(terms, list) or not all(isinstance(t, str) for t in terms):
         problems.append(Problem(source, "'terms' must be a list of column names"))
@@ -154,6 +158,15 @@ def parse_spec(raw: dict[str, Any], source: str) -> ModelSpec:
                      effects=dict(effects), priors=dict(raw.get("priors", {})), sampler=dict(sampler),
                      options=dict(raw.get("options", {})), description=raw.get("description", ""))
 
+# The [priors] each family reads (by name); a name it does not read (a typo, another family's) is refused.
+BUILDER_PRIORS: dict[str, frozenset[str]] = {
+    "panel": frozenset({"alpha", "beta", "sigma", "gamma", "sigma_city", "year", "nu", "group_mean", "group_sd",
+                        "phi", "city_scale_sd", "slope_sd"}),
+    "iv": frozenset({"beta", "sigma", "corr"}),
+    "mediation": frozenset({"a", "b", "c", "loading", "theta", "sigma", "zeta_sd", "zeta_corr"}),
+    "car": frozenset({"alpha", "beta", "delta", "sigma", "sigma_city", "sigma_year", "year", "rho"}),
+    "sdm": frozenset({"beta", "theta", "sigma", "rho"}),
+}
 
 # The user's model folder for the run under way (``--models``, ``run(models=...)``): a spec there replaces
 # the bundled spec of the same id. A context variable, so a notebook's other runs are not affected.
