@@ -187,6 +187,7 @@ def figure(results: dict[str, Any], path: Path) -> None:
     fig.suptitle("SBC rank histograms (grey: 99% band of a uniform bin count)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
