@@ -38,7 +38,9 @@ import numpy as np
 import pandas as pd
 
 PROB = 0.94
-DRAWS, TUNE, CHAINS = 500, 500, 2
+# 2 x 750 draws: the honest model's least-mixed parameter (the sd of the log city scales when the truth
+# is 0) reaches bulk ESS ~300 at this length; the key slope's ESS is several times that
+DRAWS, TUNE, CHAINS = 750, 500, 2
 HONEST_ERRORS = ["ar1", "city_scales", "random_slope"]
 RESULTS = Path(__file__).parent / "results"
 
@@ -112,7 +114,13 @@ def _bayes_draws(frame: pd.DataFrame, process: str, honest: bool, seed: int) -> 
         out = {"beta": idata.posterior["beta"].sel(coef="agglomeration").values}
         res = panel.finish(spec, model, idata, oracle=None, meant_to_match=False, agreement_note="")
     d = res.diagnostics
-    return out, {"max_r_hat": d.max_r_hat, "min_ess_bulk": d.min_ess_bulk, "divergences": d.divergences}
+    import arviz as az
+
+    stats = res.idata.sample_stats
+    key_ess = min(float(az.ess(np.asarray(v).reshape(CHAINS, -1), method="bulk")) for v in out.values())
+    return out, {"max_r_hat": d.max_r_hat, "min_ess_bulk": d.min_ess_bulk, "divergences": d.divergences,
+                 "min_ess_bulk_key": key_ess, "step_size": float(stats["step_size"].mean()),
+                 "mean_leapfrog_steps": float(stats["n_steps"].mean()) if "n_steps" in stats else float("nan")}
 
 
 def replicate(process: str, seeds: list[int]) -> list[dict[str, Any]]:
@@ -165,6 +173,11 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
                              for m in ("bayes_iid", "bayes_honest")])
         block["diagnostics"] = {m: {"max_r_hat": float(g["max_r_hat"].max()),
                                     "min_ess_bulk": float(g["min_ess_bulk"].min()),
+                                    "median_min_ess_bulk": float(g["min_ess_bulk"].median()),
+                                    "share_min_ess_below_300": float((g["min_ess_bulk"] < 300).mean()),
+                                    "min_ess_bulk_key": float(g["min_ess_bulk_key"].min()),
+                                    "mean_step_size": float(g["step_size"].mean()),
+                                    "mean_leapfrog_steps": float(g["mean_leapfrog_steps"].mean()),
                                     "share_with_divergences": float((g["divergences"] > 0).mean()),
                                     "mean_seconds": float(g["seconds"].mean())}
                                 for m, g in diag.groupby("method")}
@@ -199,6 +212,7 @@ def figure(summary: dict[str, Any], path: Path) -> None:
     ax.legend(fontsize=7, ncol=5, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main() -> None:
