@@ -317,8 +317,8 @@ class StructuredCityLogp(Op):
     __props__ = ()
 
     def make_node(self, *inputs):
-        inputs = [pt.as_tensor_variable(x) for x in inputs]
-        return Apply(self, inputs, [pt.dvector()])
+        tensors = [pt.as_tensor_variable(x) for x in inputs]
+        return Apply(self, tensors, [pt.dvector()])
 
     def perform(self, node, inputs, output_storage):
         output_storage[0][0] = _structured_forward(*[np.asarray(x) for x in inputs])
@@ -341,8 +341,8 @@ class StructuredCityLogpGrad(Op):
     __props__ = ()
 
     def make_node(self, *inputs):
-        inputs = [pt.as_tensor_variable(x) for x in inputs]
-        return Apply(self, inputs, [pt.dvector(), pt.dvector(), pt.dvector()])
+        tensors = [pt.as_tensor_variable(x) for x in inputs]
+        return Apply(self, tensors, [pt.dvector(), pt.dvector(), pt.dvector()])
 
     def perform(self, node, inputs, output_storage):
         for storage, value in zip(output_storage, _structured_backward(*[np.asarray(x) for x in inputs])):
