@@ -226,13 +226,27 @@ def read_user_models(folder: str | Path) -> list[ModelSpec]:
         try:
             spec = load_spec(path)
         except InputError as exc:
-            problems += exc.problems
+            moved = _moved_family(path, families)  # the root cause, if the file also changed family
+            problems += [Problem(str(path), moved)] if moved else exc.problems
             continue
         specs.append(spec)
         problems += [Problem(str(path), p) for p in _user_spec_problems(spec, families)]
     if problems:
         raise InputError(problems)
     return specs
+
+
+def _moved_family(path: Path, families: dict[str, str]) -> str | None:
+    """The message for a bundled id whose file names another builder (its other fields are then judged
+    against the wrong family, so this is the one problem worth reporting)."""
+    try:
+        builder = tomllib.loads(path.read_text(encoding="utf-8")).get("builder")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return None
+    family = families.get(path.stem)
+    if family is None or builder == family:
+        return None
+    return f"'{path.stem}' is a '{family}' analysis; its builder cannot change to {builder!r}"
 
 
 def _user_spec_problems(spec: ModelSpec, families: dict[str, str]) -> list[str]:
