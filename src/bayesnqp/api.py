@@ -211,10 +211,6 @@ def run(study: StudyData | None = None, *, draws: int | None = None, tune: int |
     data = study if study is not None else load_study()
     options = mod.RunOptions(draws=draws, tune=tune, chains=chains, seed=seed, quick=quick, strict=strict,
                              sampler=sampler, bayes=bayes, models=None if models is None else Path(models))
-    if options.models is not None:
-        from .bayes.spec import read_user_models
-
-        read_user_models(options.models)  # every problem of the folder named before anything runs
     options.sampler_settings()  # bad draws/chains fail here, before anything runs
     show = _printer(time.perf_counter()) if progress is True else (progress or (lambda message: None))
     if workdir is None:

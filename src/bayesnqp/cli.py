@@ -110,6 +110,15 @@ ConfigOpt = Annotated[Optional[Path], typer.Option(
 
 SAMPLER_HELP = ("nutpie (default), nutpie-jax (JAX log-density: pip install \"bayesnqp[jax]\"; on a GPU with a "
                 "CUDA jaxlib), pymc or numpyro.")
+# Sampler options shared by `run` and `grid`; None = not given, so a model spec's [sampler] value or the
+# default applies (command line > spec > default).
+DrawsOpt = Annotated[Optional[int], typer.Option(
+    help="Posterior draws per chain [default: 1000, or the model spec's].", min=10, show_default=False)]
+TuneOpt = Annotated[Optional[int], typer.Option(
+    help="Tuning steps per chain [default: 1000, or the model spec's].", min=0, show_default=False)]
+ChainsOpt = Annotated[Optional[int], typer.Option(
+    help="Number of chains [default: 4, or the model spec's].", min=1, show_default=False)]
+SamplerOpt = Annotated[Optional[str], typer.Option(help=SAMPLER_HELP, show_default=False)]
 
 
 @app.command()
@@ -119,14 +128,11 @@ def run(
     config: ConfigOpt = None,
     out_dir: Annotated[Optional[Path], typer.Option(
         "--out", help="Output folder (default: reports/<data file name>). Replaced only when the run succeeds.")] = None,
-    draws: Annotated[Optional[int], typer.Option(
-        help="Posterior draws per chain [default: 1000, or the model spec's].", min=10, show_default=False)] = None,
-    tune: Annotated[Optional[int], typer.Option(
-        help="Tuning steps per chain [default: 1000, or the model spec's].", min=0, show_default=False)] = None,
-    chains: Annotated[Optional[int], typer.Option(
-        help="Number of chains [default: 4, or the model spec's].", min=1, show_default=False)] = None,
+    draws: DrawsOpt = None,
+    tune: TuneOpt = None,
+    chains: ChainsOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of every random step (sampling, permutations, simulation).")] = 20240601,
-    sampler: Annotated[Optional[str], typer.Option(help=SAMPLER_HELP, show_default=False)] = None,
+    sampler: SamplerOpt = None,
     models: Annotated[Optional[Path], typer.Option(
         "--models", help="A folder of your model specs (TOML): a file named after a bundled analysis (e.g. "
                          "bayes_table3_col4.toml) replaces it; a new bayes_* id with builder \"panel\" runs as "
@@ -208,13 +214,10 @@ def grid(
         "--controls", help="A control set, comma-separated (repeat for several; '' for none). Default: the "
                            "study's controls.")] = None,
     seeds: Annotated[Optional[list[int]], typer.Option("--seed", help="Sampler seed (repeat for several).")] = None,
-    draws: Annotated[Optional[int], typer.Option(
-        help="Posterior draws per chain [default: 1000, or the model spec's].", min=10, show_default=False)] = None,
-    tune: Annotated[Optional[int], typer.Option(
-        help="Tuning steps per chain [default: 1000, or the model spec's].", min=0, show_default=False)] = None,
-    chains: Annotated[Optional[int], typer.Option(
-        help="Number of chains [default: 4, or the model spec's].", min=1, show_default=False)] = None,
-    sampler: Annotated[Optional[str], typer.Option(help=SAMPLER_HELP, show_default=False)] = None,
+    draws: DrawsOpt = None,
+    tune: TuneOpt = None,
+    chains: ChainsOpt = None,
+    sampler: SamplerOpt = None,
     scheduler: Annotated[str, typer.Option(
         help="Where the fits run: local (a Dask LocalCluster of --workers processes), serial (here, one "
              "after the other) or a Dask scheduler address such as tcp://host:8786. Needs "
