@@ -232,11 +232,12 @@ def compute(study: StudyData, options: RunOptions, workdir: Path,
         mark_owner(workdir)  # the CLI builds in the staging folder itself: a stale one is then recognised
         report = ReportBuilder(workdir, title=title, synthetic=study.synthetic, meta=meta)
         ctx = RunContext(study=study, settings=settings, report=report, out=workdir, summary=summary,
-                         progress=checked_progress, wants=selection.wants, user_specs=tuple(mine))
+                         progress=checked_progress, wants=selection.wants,
+                         user_specs=tuple(s for s in mine if s.id not in BUNDLED_IDS))
         for label, stage in STAGES:
             if not options.bayes and stage in BAYES_STAGES:
                 continue
-            if stage is stage_user_models and not any(s.id not in BUNDLED_IDS for s in mine):
+            if stage is stage_user_models and not ctx.user_specs:
                 continue  # no model folder, or one that only replaces bundled specs
             if not selection.runs_stage(stage) or (stage is stage_agreement and not ctx.bayes
                                                    and selection.prefixes is not None):

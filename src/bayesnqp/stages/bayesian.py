@@ -291,20 +291,15 @@ def stage_user_models(ctx: RunContext) -> None:
     Table 3 and held against least squares with the same terms and fixed effects (oracle id: the spec id
     without ``bayes_``, plus ``_ls``)."""
     from ..bayes import panel as bp
-    from ..bayes.spec import bundled_spec_ids
     from ..frequentist.panel import fit_panel
 
-    bundled = set(bundled_spec_ids())
-    new = [s for s in ctx.user_specs if s.id not in bundled]
-    if not new:
-        return
     study, report = ctx.study, ctx.report
     controls = list(study.roles.controls)
     sec = report.section("user_models", "Your models (from the model folder)")
     report.text(sec, "Each model below comes from a spec in the model folder given to this run. Its frequentist "
                      "oracle is least squares on the same terms, with city fixed effects where the spec has "
                      "city effects and year fixed effects where it has year effects (city-clustered SEs).")
-    for spec in new:
+    for spec in ctx.user_specs:
         def one(spec=spec) -> BayesResult:
             terms = spec.expand_terms(controls)
             city = spec.effects.get("city", "none") != "none"

@@ -38,7 +38,8 @@ class RunContext:
     wants: Callable[[str], bool] = lambda analysis_id: True
     # wall seconds per stage, for run.json (never summary.json: times differ between identical runs)
     stage_seconds: dict[str, float] = field(default_factory=dict)
-    # the specs of the user's model folder (``--models``): new analyses among them run in their own stage
+    # the new analyses of the user's model folder (``--models``; specs replacing bundled ones are read by
+    # ``load_spec`` instead), run in their own stage
     user_specs: tuple[ModelSpec, ...] = ()
 
     def add_oracle(self, result: AnalysisResult) -> AnalysisResult:
