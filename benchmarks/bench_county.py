@@ -41,7 +41,7 @@ def panels() -> dict[str, Any]:
 
 def build(family: str, frame, weights):
     from bayesnqp.bayes import panel as bp
-    from bayesnqp.bayes import spatial as bs
+    from bayesnqp.bayes import car, sdm
     from bayesnqp.bayes.spec import load_spec
 
     if family == "col4_iid":
@@ -50,11 +50,11 @@ def build(family: str, frame, weights):
         return bp.build_panel_model(pdata, spec)
     if family in ("sar", "sdm"):
         spec = load_spec(f"bayes_{family}")
-        data = bs.sdm_data(frame.set_index(["city", "year"]), ["agglomeration", "develop"], weights)
-        return bs.build_sdm_model(data, weights, spec, model=family)
+        data = sdm.sdm_data(frame.set_index(["city", "year"]), ["agglomeration", "develop"], weights)
+        return sdm.build_sdm_model(data, weights, spec, model=family)
     kind = {"bym2": "bym2", "leroux": "leroux"}[family]
     spec = load_spec("bayes_car" if kind == "bym2" else "bayes_car_leroux")
-    return bs.build_car_model(frame.set_index(["city", "year"]), ["develop"], weights, spec, kind=kind)
+    return car.build_car_model(frame.set_index(["city", "year"]), ["develop"], weights, spec, kind=kind)
 
 
 def time_gradient(model) -> dict[str, float]:

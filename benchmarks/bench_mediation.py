@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bayesnqp import simulate
 from bayesnqp import names
 from bayesnqp.bayes import mediation as med
 from bayesnqp.bayes.sampling import SamplerSettings, compile_nutpie
@@ -118,7 +119,7 @@ def main() -> None:
     parser.add_argument("--latent", action="store_true", help="also time the explicit latent-eta model")
     args = parser.parse_args()
     runs = []
-    frame, truth = med.simulate_mediation_panel(280, 10, seed=7)
+    frame, truth = simulate.simulate_mediation_panel(280, 10, seed=7)
     sim = bench_panel("simulated 280 x 10", frame, args.draws, args.latent)
     sim["truth"] = truth
     runs.append(sim)

@@ -82,7 +82,7 @@ def bym2_model(rows: int, cols: int, n_year: int, seed: int):
     import pymc as pm
 
     from bayesnqp import names
-    from bayesnqp.bayes import spatial
+    from bayesnqp.bayes import car
     from bayesnqp.bayes.spec import load_spec
 
     weights = lattice(rows, cols)
@@ -94,7 +94,7 @@ def bym2_model(rows: int, cols: int, n_year: int, seed: int):
                           names.AGGLOMERATION: rng.standard_normal(n * n_year),
                           "develop": rng.standard_normal(n * n_year)}, index=index)
     spec = load_spec("bayes_car")
-    model = spatial.build_car_model(frame, ("develop",), weights, spec, kind="bym2")
+    model = car.build_car_model(frame, ("develop",), weights, spec, kind="bym2")
     # the builder observes a constant; make it a data variable so one compilation serves every draw
     obs = model[spec.outcome]
     old = model.rvs_to_values[obs]
@@ -106,7 +106,7 @@ def bym2_model(rows: int, cols: int, n_year: int, seed: int):
     params = {"beta_std[agglomeration]": ("beta_std", 0), "beta_std[develop]": ("beta_std", 1),
               "alpha": ("alpha", None), "sigma_std": ("sigma_std", None),
               "sigma_city_std": ("sigma_city_std", None), "rho": ("rho", None),
-              "sigma_year": ("sigma_year", None), "year_std[0]": ("year_std", 0),
+              "sigma_year": ("sigma_year", None), "year_effect_std[0]": ("year_effect_std", 0),
               "city_level_std[0]": ("city_level_std", 0)}
     return model, spec.outcome, "y_sbc", params, spec
 

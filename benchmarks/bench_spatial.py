@@ -1,7 +1,7 @@
 """Benchmark (run by hand, not in CI): spatial fits with this package's builders under nutpie against
 PyMC's built-in spatial distributions / a dense log-determinant under PyMC's default NUTS.
 
-* BYM2: ``bayesnqp.bayes.spatial.build_car_model`` (O(edges) ICAR CustomDist, hard per-component
+* BYM2: ``bayesnqp.bayes.car.build_car_model`` (O(edges) ICAR CustomDist, hard per-component
   sum-to-zero) under nutpie vs the same BYM2 written with ``pm.ICAR`` (dense W, soft global sum-to-zero)
   under ``pm.sample``. Both on the largest connected component of the graph, since ``pm.ICAR`` cannot
   represent islands or several components.
@@ -28,7 +28,7 @@ import pandas as pd
 import pymc as pm
 import pytensor.tensor as pt
 
-from bayesnqp.bayes import spatial as S
+from bayesnqp.bayes import car, sdm
 from bayesnqp.bayes.sampling import SamplerSettings, sample
 from bayesnqp.bayes.spec import load_spec
 from bayesnqp.data.weights import SpatialWeights
@@ -89,7 +89,7 @@ def _bym2_icar_reference(frame: pd.DataFrame, w: SpatialWeights) -> pm.Model:
     x = frame[["agglomeration", "develop"]].to_numpy().reshape(w.n, y.shape[1], 2)
     ys = (y - y.mean()) / y.std()
     xs = (x - x.reshape(-1, 2).mean(0)) / x.reshape(-1, 2).std(0)
-    scale = float(S.bym2_scaling_factors(w)[0])
+    scale = float(car.bym2_scaling_factors(w)[0])
     coords = {"city": list(w.ids), "year": list(range(y.shape[1])), "coef": ["agglomeration", "develop"]}
     with pm.Model(coords=coords) as m:
         alpha = pm.Normal("alpha", 0, 1)
@@ -106,9 +106,9 @@ def _bym2_icar_reference(frame: pd.DataFrame, w: SpatialWeights) -> pm.Model:
     return m
 
 
-def _sdm_dense_reference(data: S.SdmData, w: SpatialWeights, spec) -> pm.Model:
+def _sdm_dense_reference(data: sdm.SdmData, w: SpatialWeights, spec) -> pm.Model:
     """build_sdm_model's likelihood with the log-determinant from a dense det inside the graph."""
-    m = S.build_sdm_model(data, w, spec, "sdm")
+    m = sdm.build_sdm_model(data, w, spec, "sdm")
     n, t = w.n, len(data.years)
     wd = w.row_standardised.toarray()
     with m:
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def car(param: str):
         spec = car_spec.replace(options={**car_spec.options, "parametrisation": param})
-        return lambda: sample(S.build_car_model(frame, ["develop"], w, spec, "bym2"), nut.replace(target_accept=0.9))
+        return lambda: sample(car.build_car_model(frame, ["develop"], w, spec, "bym2"), nut.replace(target_accept=0.9))
 
     if "bym2_centred" in parts:
         results["bym2_spectral_nutpie"] = _measure("bym2 spectral (centred, default), nutpie", car("centred"),
@@ -155,11 +155,11 @@ def main(argv: list[str] | None = None) -> int:
             "bym2 pm.ICAR, PyMC NUTS", lambda: sample(_bym2_icar_reference(frame, w), ref.replace(target_accept=0.9)),
             ["beta_std", "rho", "sigma_city", "sigma_std"], ref)
     sdm_spec = load_spec("bayes_sdm")
-    data = S.sdm_data(frame, ["agglomeration", "develop"], w)
+    data = sdm.sdm_data(frame, ["agglomeration", "develop"], w)
     sdm_vars = ["beta_std", "theta_std", "rho", "sigma_std"]
     if "sdm" in parts:
         results["sdm_nutpie"] = _measure("sdm eigenvalue logdet, nutpie",
-                                         lambda: sample(S.build_sdm_model(data, w, sdm_spec, "sdm"), nut), sdm_vars, nut)
+                                         lambda: sample(sdm.build_sdm_model(data, w, sdm_spec, "sdm"), nut), sdm_vars, nut)
     if "sdm_reference" in parts:
         results["sdm_dense_pymc"] = _measure("sdm dense logdet, PyMC NUTS",
                                              lambda: sample(_sdm_dense_reference(data, w, sdm_spec), ref), sdm_vars, ref)

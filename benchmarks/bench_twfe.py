@@ -24,6 +24,7 @@ import numpy as np
 import pymc as pm
 import pyfixest as pf
 
+from bayesnqp import simulate
 from bayesnqp.bayes import panel
 from bayesnqp.bayes.sampling import compile_nutpie
 from bayesnqp.bayes.spec import load_spec
@@ -98,7 +99,7 @@ def run_plain(frame) -> tuple[dict, np.ndarray]:
 
 
 def main() -> None:
-    frame, _ = panel.simulate_panel(280, 10, seed=42, controls=CONTROLS)
+    frame, _ = simulate.simulate_panel(280, 10, seed=42, controls=CONTROLS)
     fe = pf.feols(f"nqp ~ agglomeration + {' + '.join(CONTROLS)} | city + year", data=frame.reset_index(),
                   vcov={"CRV1": "city"})
     package, b_pkg = run_package(frame)

@@ -10,6 +10,7 @@ import pytensor.tensor as pt
 import pytest
 import scipy.stats as st
 
+from bayesnqp import simulate
 from bayesnqp.bayes import errors as E
 from bayesnqp.bayes import panel
 from bayesnqp.bayes.spec import load_spec
@@ -70,7 +71,7 @@ def test_error_option_is_validated():
     assert E.ErrorStructure.from_option(["ar1", "random_slope"], "s").label() == "ar1+random_slope"
     with pytest.raises(ValueError, match="unknown entries"):
         E.ErrorStructure.from_option(["ar2"], "s")
-    frame, _ = panel.simulate_panel(20, 5, seed=1)
+    frame, _ = simulate.simulate_panel(20, 5, seed=1)
     spec = load_spec("bayes_table3_col2")
     spec = spec.replace(options={**spec.options, "errors": ["ar1"]})
     pdata = panel.panel_data(frame, spec.outcome, spec.expand_terms(("develop", "finance")))

@@ -9,6 +9,7 @@ import pandas as pd
 import pyfixest as pf
 import pytest
 
+from bayesnqp import simulate
 from bayesnqp.bayes import groups, panel
 from bayesnqp.bayes.sampling import SamplerSettings
 from bayesnqp.bayes.spec import load_spec
@@ -30,7 +31,7 @@ def test_median_split_ties_go_low():
 
 
 def simulated_groups(seed: int = 4, slopes=(0.01, 0.025)):
-    frame, truth = panel.simulate_panel(60, 8, seed=seed)
+    frame, truth = simulate.simulate_panel(60, 8, seed=seed)
     rng = np.random.default_rng(seed)
     cities = frame.index.get_level_values("city")
     level = pd.Series(rng.normal(size=60), index=cities.unique())
@@ -93,7 +94,7 @@ def test_groups_recover_slopes_and_difference():
 
 @pytest.mark.recovery
 def test_province_slopes_forest_plot():
-    frame, _ = panel.simulate_panel(60, 8, seed=6)
+    frame, _ = simulate.simulate_panel(60, 8, seed=6)
     cities = frame.index.get_level_values("city").unique()
     provinces = pd.Series([f"P{i % 6}" for i in range(60)], index=cities)
     res = groups.fit_province_slopes(frame, CONTROLS, provinces, FAST)
@@ -117,7 +118,7 @@ def test_slope_parameterisation_follows_the_heterogeneity():
     split = groups.median_split(frame, "digital_support")
     free = {v.name for v in panel.build_panel_model(pdata, spec, slope_groups=split).free_RVs}
     assert "group_mean_std" not in free and "beta_group_std" in free
-    same, _ = panel.simulate_panel(60, 8, seed=6)
+    same, _ = simulate.simulate_panel(60, 8, seed=6)
     pdata = panel.panel_data(same, spec.outcome, spec.expand_terms(CONTROLS))
     provinces = pd.Series([f"P{i % 6}" for i in range(60)], index=same.index.get_level_values("city").unique())
     free = {v.name for v in panel.build_panel_model(pdata, spec, slope_groups=provinces).free_RVs}

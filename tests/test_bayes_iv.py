@@ -8,6 +8,7 @@ import pandas as pd
 import pyfixest as pf
 import pytest
 
+from bayesnqp import simulate
 from bayesnqp.bayes import iv, panel
 from bayesnqp.bayes.sampling import SamplerSettings
 from bayesnqp.results import AnalysisResult, coef_frame
@@ -31,7 +32,7 @@ def test_two_way_demean_equals_dummy_regression_residuals_unbalanced():
 def simulated_iv(seed: int = 0):
     rng = np.random.default_rng(seed)
     n_city, n_year = 60, 8
-    frame, _ = panel.simulate_panel(n_city, n_year, seed=seed + 1)
+    frame, _ = simulate.simulate_panel(n_city, n_year, seed=seed + 1)
     ci = np.repeat(np.arange(n_city), n_year)
     ti = np.tile(np.arange(n_year), n_city)
     dist = rng.uniform(100, 2000, n_city)
@@ -59,7 +60,7 @@ def tsls_oracle(frame: pd.DataFrame) -> AnalysisResult:
 def test_iv_model_structure():
     frame = simulated_iv()
     d = iv.iv_data(frame, list(CONTROLS), "dist_hangzhou")
-    assert d["rank"] == 480 - (60 + 8 - 1)
+    assert d.rank == 480 - (60 + 8 - 1)
     model = iv.build_iv_model(d)
     assert list(model.coords["coef"]) == ["agglomeration", *CONTROLS]
     assert list(model.coords["first_coef"]) == ["dist_trend", *CONTROLS]

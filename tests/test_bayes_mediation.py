@@ -9,6 +9,7 @@ import pandas as pd
 import pymc as pm
 import pytest
 
+from bayesnqp import simulate
 from bayesnqp import names
 from bayesnqp.bayes import mediation as med
 from bayesnqp.bayes.sampling import SamplerSettings
@@ -22,7 +23,7 @@ K = len(names.MECHANISMS)
 
 @pytest.fixture(scope="module")
 def panel():
-    return med.simulate_mediation_panel(40, 6, seed=3)
+    return simulate.simulate_mediation_panel(40, 6, seed=3)
 
 
 def _params(rng: np.random.Generator) -> dict:
@@ -132,7 +133,7 @@ def test_model_structure_logp_and_prior_predictive(panel):
     assert np.isfinite(logp)
     # The model's potential equals the numpy reference at the same parameter values.
     fn = model.compile_fn([model["loglik"], model["a_std"], model["b_std"], model["c_std"], model["loading_std"],
-                           model["theta"], model["sigma"], model["zeta_stds"], model["zeta_corr"]],
+                           model["theta"], model["sigma_std"], model["zeta_stds"], model["zeta_corr"]],
                           inputs=model.value_vars, on_unused_input="ignore")
     rng = np.random.default_rng(5)
     pt_ = {k: v + 0.3 * rng.normal(size=np.shape(v)) for k, v in point.items()}
@@ -143,7 +144,7 @@ def test_model_structure_logp_and_prior_predictive(panel):
     # Prior predictive: draws of the parameters give positive-definite implied covariances and
     # standardised-scale data of sane magnitude.
     draws = pm.draw([model["a_std"], model["b_std"], model["c_std"], model["loading_std"], model["theta"],
-                     model["sigma"], model["zeta_stds"], model["zeta_corr"]], draws=200, random_seed=1)
+                     model["sigma_std"], model["zeta_stds"], model["zeta_corr"]], draws=200, random_seed=1)
     sds = []
     for a, b, c, lam, theta, sigma, sd, corr in zip(*draws):
         pi, sig = med.implied_moments(a, b, c, lam, theta, corr * np.outer(sd, sd), sigma)
@@ -204,7 +205,7 @@ def _table4_oracles(frame: pd.DataFrame) -> dict[str, AnalysisResult]:
 
 @pytest.fixture(scope="module")
 def recovery():
-    frame, truth = med.simulate_mediation_panel(80, 8, seed=2)
+    frame, truth = simulate.simulate_mediation_panel(80, 8, seed=2)
     settings = SamplerSettings(draws=1000, tune=1000, chains=4, seed=11)
     result = med.fit_mediation(frame, names.CONTROLS, names.MECHANISMS, settings, _table4_oracles(frame))
     return frame, truth, result
@@ -227,7 +228,7 @@ def test_recovery_truth_inside_intervals(recovery):
 def test_recovery_large_panel_is_unbiased():
     # The likelihood depends on the data only through cross-products, so a 1,000 x 10 panel samples as
     # fast as a small one; every posterior mean must sit within 3 posterior sds of the truth.
-    frame, truth = med.simulate_mediation_panel(1000, 10, seed=4)
+    frame, truth = simulate.simulate_mediation_panel(1000, 10, seed=4)
     result = med.fit_mediation(frame, names.CONTROLS, names.MECHANISMS,
                                SamplerSettings(draws=500, tune=1000, chains=2, seed=3))  # the spec's tune
     s = result.summary
@@ -346,7 +347,7 @@ def test_fewer_mechanisms_build_and_match_reference(panel, mechs):
     model = med.build_model(data)
     k = len(mechs)
     outs = [model["loglik"], model["a_std"], model["b_std"], model["c_std"], model["loading_std"],
-            model["theta"], model["sigma"], model["zeta_stds"]]
+            model["theta"], model["sigma_std"], model["zeta_stds"]]
     if k > 1:
         outs.append(model["zeta_corr"])
     fn = model.compile_fn(outs, inputs=model.value_vars, on_unused_input="ignore")

@@ -12,7 +12,8 @@ import pyfixest as pf
 import pytest
 import statsmodels.api as sm
 
-from bayesnqp.bayes import panel
+from bayesnqp import simulate
+from bayesnqp.bayes import likelihoods, panel, table3
 from bayesnqp.bayes.sampling import SamplerSettings
 from bayesnqp.bayes.spec import load_spec
 from bayesnqp.checks import compare, ppc
@@ -39,7 +40,7 @@ def oracle_from_pyfixest(result_id: str, formula: str, frame: pd.DataFrame) -> A
 
 @pytest.fixture(scope="module")
 def sim():
-    return panel.simulate_panel(60, 8, seed=5)
+    return simulate.simulate_panel(60, 8, seed=5)
 
 
 @pytest.mark.parametrize("name", SPECS)
@@ -127,8 +128,8 @@ def _oracles(frame: pd.DataFrame) -> dict[str, AnalysisResult]:
 def test_col4_recovers_truth_and_matches_two_way_fe():
     """Column (4): diagnostics pass, the truth lies in the 94% HDI and every posterior mean is within
     0.1 SE of pyfixest's two-way FE estimate on a panel whose city effects correlate with x."""
-    frame, truth = panel.simulate_panel(60, 8, seed=7)
-    honest, col4 = panel.fit_table3(frame, CONTROLS, COL4, _oracles(frame), columns=(4,))
+    frame, truth = simulate.simulate_panel(60, 8, seed=7)
+    honest, col4 = table3.fit_table3(frame, CONTROLS, COL4, _oracles(frame), columns=(4,))
     assert col4.id == "bayes_table3_col4_iid" and col4.meant_to_match
     assert honest.id == "bayes_table3_col4" and not honest.meant_to_match
     true_beta = np.array([truth["beta"][t] for t in ["agglomeration", *CONTROLS]])
@@ -145,7 +146,7 @@ def test_col4_recovers_truth_and_matches_two_way_fe():
     pp = col4.extra["prior_predictive"]
     assert pp["share_draws_covering_observed_range"] > 0.5
     assert pp["prior_q01"] < pp["observed_min"] and pp["prior_q99"] > pp["observed_max"]
-    assert "prior_predictive_col4" in col4.figures
+    assert "prior_predictive" in col4.figures
     assert col4.idata.attrs["spec_id"] == "bayes_table3_col4_iid"
     # City effects integrated out while sampling, drawn afterwards from their exact conditional: their
     # posterior means track the simulated effects (standardised scale, so compare by correlation).
@@ -161,10 +162,10 @@ def test_col4_recovers_truth_and_matches_two_way_fe():
 def test_col4_matches_two_way_fe_on_an_unbalanced_panel():
     """A quarter of the city-years dropped: with the city means of the year dummies among the Mundlak
     predictors the posterior still sits on the two-way within estimate."""
-    frame, _ = panel.simulate_panel(60, 8, seed=8)
+    frame, _ = simulate.simulate_panel(60, 8, seed=8)
     frame = frame[np.random.default_rng(1).random(len(frame)) > 0.25]
     oracle = oracle_from_pyfixest("table3_col4", "nqp ~ agglomeration + develop + finance | city + year", frame)
-    honest, col4 = panel.fit_table3(frame, CONTROLS, COL4, {"table3_col4": oracle}, columns=(4,))
+    honest, col4 = table3.fit_table3(frame, CONTROLS, COL4, {"table3_col4": oracle}, columns=(4,))
     assert "mean_year_2020" in col4.idata.posterior["gamma"].coords["mundlak"].values
     for res in (honest, col4):
         assert res.diagnostics.ok, (res.id, res.diagnostics.flags)
@@ -175,8 +176,8 @@ def test_col4_matches_two_way_fe_on_an_unbalanced_panel():
 
 @pytest.mark.recovery
 def test_cols_1_to_3_match_pooled_ols_and_city_fe():
-    frame, _ = panel.simulate_panel(60, 8, seed=7)
-    results = panel.fit_table3(frame, CONTROLS, FAST, _oracles(frame), columns=(1, 2, 3))
+    frame, _ = simulate.simulate_panel(60, 8, seed=7)
+    results = table3.fit_table3(frame, CONTROLS, FAST, _oracles(frame), columns=(1, 2, 3))
     assert [r.id for r in results] == [f"bayes_table3_col{i}" for i in range(1, 4)]
     for r in results:
         assert r.diagnostics.ok, (r.id, r.diagnostics.flags)
@@ -188,7 +189,7 @@ def test_cols_1_to_3_match_pooled_ols_and_city_fe():
 def test_random_effects_is_pulled_off_the_within_estimate():
     """Without Mundlak terms and with city effects strongly correlated with x, the RE posterior sits
     further from two-way FE than the CRE posterior does."""
-    frame, _ = panel.simulate_panel(60, 8, seed=3, city_corr=2.0, sigma_city=0.03)
+    frame, _ = simulate.simulate_panel(60, 8, seed=3, city_corr=2.0, sigma_city=0.03)
     oracle = oracle_from_pyfixest("table3_col4", "nqp ~ agglomeration + develop + finance | city + year",
                                   frame)
     re = panel.fit_random_effects(frame, CONTROLS, FAST, oracle)
@@ -207,7 +208,7 @@ def test_random_effects_is_gls_when_its_assumption_holds():
     (linearmodels, year dummies as regressors) up to the uncertainty in the variance components."""
     from linearmodels.panel import RandomEffects
 
-    frame, _ = panel.simulate_panel(60, 8, seed=3, city_corr=0.0, sigma_city=0.03)
+    frame, _ = simulate.simulate_panel(60, 8, seed=3, city_corr=0.0, sigma_city=0.03)
     re = panel.fit_random_effects(frame, CONTROLS, FAST, None)
     assert re.diagnostics.ok, re.diagnostics.flags
 
@@ -222,9 +223,9 @@ def test_random_effects_is_gls_when_its_assumption_holds():
 
 @pytest.mark.recovery
 def test_likelihoods_loo_prefers_the_true_lognormal():
-    frame, _ = panel.simulate_panel(60, 8, seed=9, lognormal=True, sigma=0.3, sigma_city=0.3, beta=0.5,
+    frame, _ = simulate.simulate_panel(60, 8, seed=9, lognormal=True, sigma=0.3, sigma_city=0.3, beta=0.5,
                                     control_beta=0.1)
-    res = panel.fit_likelihoods(frame, CONTROLS, FAST)
+    res = likelihoods.fit_likelihoods(frame, CONTROLS, FAST)
     assert res.id == "bayes_likelihoods"
     table = res.tables["loo_compare"]
     assert table.index[0] == "lognormal"
@@ -277,7 +278,7 @@ def test_col4_on_the_demo_matches_two_way_fe():
     controls = list(names.CONTROLS)
     oracle = oracle_from_pyfixest("table3_col4", f"nqp ~ agglomeration + {' + '.join(controls)} | city + year",
                                   frame)
-    honest, col4 = panel.fit_table3(frame, controls, COL4, {"table3_col4": oracle}, columns=(4,))
+    honest, col4 = table3.fit_table3(frame, controls, COL4, {"table3_col4": oracle}, columns=(4,))
     for res in (honest, col4):
         assert res.diagnostics.ok, (res.id, res.diagnostics.flags)
         assert len(res.agreement) == 7
@@ -311,7 +312,7 @@ def test_marginal_city_logp_is_the_dense_multivariate_normal(drop):
     sigma^2 I + sigma_city^2 11' and the mean rebuilt here from the panel; balanced and unbalanced."""
     from scipy.stats import multivariate_normal
 
-    frame, _ = panel.simulate_panel(25, 6, seed=4)
+    frame, _ = simulate.simulate_panel(25, 6, seed=4)
     frame = frame[np.random.default_rng(2).random(len(frame)) >= drop]
     spec = load_spec("bayes_table3_col4_iid")
     assert spec.options["city_effects"] == "marginal"
@@ -362,7 +363,7 @@ def test_city_effects_are_drawn_from_their_exact_conditional():
     """After marginal sampling, each draw of u_i follows u_i | y, rest ~ Normal; checked against the
     Gaussian conditional computed here densely (cov(u_i, y_i) = s_u^2 1', Sigma_i = s_e^2 I + s_u^2 11'):
     the standardised draws have mean 0 and sd 1 on an unbalanced panel."""
-    frame, _ = panel.simulate_panel(40, 6, seed=7)
+    frame, _ = simulate.simulate_panel(40, 6, seed=7)
     frame = frame[np.random.default_rng(1).random(len(frame)) > 0.25]
     spec = load_spec("bayes_table3_col4_iid")
     _, idata, pdata = panel.fit_spec(frame, spec, CONTROLS, SamplerSettings(draws=100, tune=300, chains=2,

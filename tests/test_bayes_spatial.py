@@ -12,7 +12,9 @@ import pytest
 import scipy.optimize as so
 import scipy.stats as st
 
-from bayesnqp.bayes import spatial as S
+from bayesnqp import spatial_linalg
+from bayesnqp.bayes import car as CAR
+from bayesnqp.bayes import sdm as SDM
 from bayesnqp.bayes.result import BayesResult
 from bayesnqp.bayes.sampling import SamplerSettings
 from bayesnqp.bayes.spec import load_spec
@@ -62,7 +64,7 @@ def simulate_bym2(weights, t=8, beta=(1.0, -0.5), sigma_city=1.0, rho=0.7, sigma
     n = weights.n
     a = weights.binary.toarray()
     q = np.diag(a.sum(axis=1)) - a
-    scale = S.bym2_scaling_factors(weights)
+    scale = CAR.bym2_scaling_factors(weights)
     u = np.zeros(n)
     for c in range(weights.n_components):
         idx = np.flatnonzero(weights.components == c)
@@ -80,7 +82,7 @@ def simulate_bym2(weights, t=8, beta=(1.0, -0.5), sigma_city=1.0, rho=0.7, sigma
 
 def ml_sdm(frame, weights, model="sdm"):
     """ML SDM / SAR with two-way within transformation (concentrated likelihood in rho), with scipy."""
-    data = S.sdm_data(frame, ["agglomeration", *CONTROLS], weights)
+    data = SDM.sdm_data(frame, ["agglomeration", *CONTROLS], weights)
     n, t, p = data.x.shape
     xs = np.concatenate([data.x, data.wx], axis=2) if model == "sdm" else data.x
     xm = xs.reshape(n * t, -1)
@@ -117,7 +119,7 @@ def _bym2_cov(w, sigma, rho):
     """Dense BYM2 prior covariance: sigma^2 (rho/s_c Q_c^+ + (1 - rho) I) per component, sigma^2 on islands."""
     a = w.binary.toarray()
     q = np.diag(a.sum(axis=1)) - a
-    scale = S.bym2_scaling_factors(w)
+    scale = CAR.bym2_scaling_factors(w)
     cov = np.zeros((w.n, w.n))
     for c in range(w.n_components):
         idx = np.flatnonzero(w.components == c)
@@ -135,7 +137,7 @@ def test_car_model_structure_and_prior_predictive(kind, param):
     frame, _ = simulate_bym2(w)
     spec = load_spec("bayes_car" if kind == "bym2" else "bayes_car_leroux")
     spec = spec.replace(options={**spec.options, "parametrisation": param})
-    model = S.build_car_model(frame, CONTROLS, w, spec, kind)
+    model = CAR.build_car_model(frame, CONTROLS, w, spec, kind)
     assert model.named_vars_to_dims["city_effect"] == ("city",)
     assert model.named_vars_to_dims["year_effect"] == ("year",)
     assert model.named_vars_to_dims["nqp"] == ("city", "year")
@@ -157,7 +159,7 @@ def test_bym2_prior_draws_have_the_dense_bym2_covariance(param):
     spec = load_spec("bayes_car")
     spec = spec.replace(options={**spec.options, "parametrisation": param},
                         priors={**spec.priors, "sigma_city": {"dist": "halfnormal", "sigma": 1.0}})
-    model = S.build_car_model(frame, CONTROLS, w, spec, "bym2")
+    model = CAR.build_car_model(frame, CONTROLS, w, spec, "bym2")
     sigma, rho, b = pm.draw([model["sigma_city_std"], model["rho"], model["city_effect"] / float(np.std(frame["nqp"]))],
                             draws=6000, random_seed=9)
     # E[(b/sigma)(b/sigma)'] = E[rho/s Q^+ + (1 - rho) I] = covariance at sigma = 1, rho = E[rho] = 1/2
@@ -172,7 +174,7 @@ def test_spectral_bym2_logp_matches_dense_gaussian():
     w = make_graph()
     sigma, rho = 0.8, 0.6
     with pm.Model(coords={"city": list(w.ids)}):
-        b = S._bym2_spectral_dist("b", pt.constant(sigma), pt.constant(rho), w, S.bym2_scaling_factors(w), "city")
+        b = CAR._bym2_spectral_dist("b", pt.constant(sigma), pt.constant(rho), w, CAR.bym2_scaling_factors(w), "city")
     value = np.random.default_rng(12).normal(size=w.n)
     ref = st.multivariate_normal(np.zeros(w.n), _bym2_cov(w, sigma, rho)).logpdf(value)
     assert pm.logp(b, value).eval() == pytest.approx(ref, rel=1e-9)
@@ -181,9 +183,9 @@ def test_spectral_bym2_logp_matches_dense_gaussian():
 def test_icar_customdist_logp_and_generative_draws_agree():
     w = make_graph()
     with pm.Model(coords={"city": list(w.ids)}):
-        u = S._icar_dist("u_raw", w, "city")
+        u = CAR._icar_dist("u_raw", w, "city")
     value = np.random.default_rng(4).normal(size=w.n)
-    assert pm.logp(u, value).eval() == pytest.approx(S.icar_logp_numpy(value, w))
+    assert pm.logp(u, value).eval() == pytest.approx(CAR.icar_logp_numpy(value, w))
     # draws from random() have covariance Q^+ + sum_c 1_c 1_c'/n_c, i.e. the inverse of the kernel's precision
     draws = pm.draw(u, draws=6000, random_seed=5)
     a = w.binary.toarray()
@@ -201,7 +203,7 @@ def test_leroux_logp_matches_dense_gaussian():
     w = make_graph()
     lam, sigma = 0.65, 1.3
     with pm.Model(coords={"city": list(w.ids)}):
-        u = S._leroux_dist("u", pt.constant(lam), pt.constant(sigma), w, "city")
+        u = CAR._leroux_dist("u", pt.constant(lam), pt.constant(sigma), w, "city")
     value = np.random.default_rng(6).normal(size=w.n)
     a = w.binary.toarray()
     prec = ((1 - lam) * np.eye(w.n) + lam * (np.diag(a.sum(axis=1)) - a)) / sigma**2
@@ -216,9 +218,9 @@ def test_sdm_logp_differences_match_numpy(form):
     """Between two rho values the model's log-density changes by the Jacobian + Gaussian kernel only."""
     w = make_graph()
     frame = simulate(w)
-    data = S.sdm_data(frame, ["agglomeration", *CONTROLS], w)
+    data = SDM.sdm_data(frame, ["agglomeration", *CONTROLS], w)
     spec = load_spec("bayes_sdm")
-    model = S.build_sdm_model(data, w, spec.replace(options={**spec.options, "likelihood_form": form}), "sdm")
+    model = SDM.build_sdm_model(data, w, spec.replace(options={**spec.options, "likelihood_form": form}), "sdm")
     fn = model.compile_logp(jacobian=False)
     point = model.initial_point()
     lo, hi = w.rho_bounds
@@ -234,7 +236,7 @@ def test_sdm_logp_differences_match_numpy(form):
     ref = []
     for rho in (-0.3, 0.5):
         r = (data.y - rho * data.wy) / y_sd
-        logdet = S.log_det_i_minus_rho_w(rho, w.eigenvalues)
+        logdet = spatial_linalg.log_det(rho, w.eigenvalues)
         jac = {"direct": t * logdet, "lee_yu_city": (t - 1) * logdet,
                "lee_yu_two_way": (t - 1) * (logdet - np.log1p(-rho))}[form]
         ref.append(jac - 0.5 * np.sum(r**2))
@@ -244,8 +246,8 @@ def test_sdm_logp_differences_match_numpy(form):
 
 def test_sdm_prior_keeps_rho_admissible():
     w = make_graph()
-    data = S.sdm_data(simulate(w), ["agglomeration", *CONTROLS], w)
-    model = S.build_sdm_model(data, w, load_spec("bayes_sdm"), "sdm")
+    data = SDM.sdm_data(simulate(w), ["agglomeration", *CONTROLS], w)
+    model = SDM.build_sdm_model(data, w, load_spec("bayes_sdm"), "sdm")
     rho = pm.draw(model["rho"], draws=2000, random_seed=1)
     lo, hi = w.rho_bounds
     assert rho.min() > lo and rho.max() < hi and rho.min() < lo / 2
@@ -255,9 +257,9 @@ def test_unbalanced_or_mismatched_panel_is_rejected():
     w = make_graph()
     frame = simulate(w)
     with pytest.raises(InputError, match="not in the panel"):
-        S.sdm_data(frame.drop(index=w.ids[0], level="city"), ["agglomeration"], w)
+        SDM.sdm_data(frame.drop(index=w.ids[0], level="city"), ["agglomeration"], w)
     with pytest.raises(InputError, match="balanced"):
-        S.sdm_data(frame.iloc[1:], ["agglomeration"], w)
+        SDM.sdm_data(frame.iloc[1:], ["agglomeration"], w)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -272,7 +274,7 @@ def sdm_case():
                        [beta[0], beta[1], theta[0], theta[1], rho], [0.05] * 5, [0.0] * 5, [1.0] * 5,
                        [0.0] * 5, [0.0] * 5)
     oracle = AnalysisResult("sdm_ml", "ML SDM", coefs, len(frame), "ml")
-    res = S.fit_sdm(frame, CONTROLS, w, FAST, oracle, model="sdm")
+    res = SDM.fit_sdm(frame, CONTROLS, w, FAST, oracle, model="sdm")
     return w, frame, res, (rho, beta, theta)
 
 
@@ -314,7 +316,7 @@ def test_sar_sem_slx_recover_truth(model):
     w = make_graph()
     rho = 0.0 if model == "slx" else 0.5
     frame = simulate(w, rho=rho, seed=21, model=model)
-    res = S.fit_sdm(frame, CONTROLS, w, FAST, None, model=model)
+    res = SDM.fit_sdm(frame, CONTROLS, w, FAST, None, model=model)
     s = res.summary
     assert res.diagnostics.divergences == 0 and res.diagnostics.max_r_hat < 1.02
     assert _in_interval(s.loc["beta[agglomeration]"], 1.0) and _in_interval(s.loc["beta[develop]"], -0.5)
@@ -331,7 +333,7 @@ def test_sdm_on_real_geography():
     w = real_weights()
     assert w is not None, "the bundled geography is missing"
     frame = simulate(w, t=5, rho=0.3, seed=8)
-    res = S.fit_sdm(frame, CONTROLS, w, FAST, None, model="sdm")
+    res = SDM.fit_sdm(frame, CONTROLS, w, FAST, None, model="sdm")
     s = res.summary
     for label, value in {"rho": 0.3, "beta[agglomeration]": 1.0, "theta[agglomeration]": 0.5}.items():
         assert _in_interval(s.loc[label], value), label
@@ -343,7 +345,7 @@ def test_sdm_on_real_geography():
 def car_case():
     w = make_graph()
     frame, b = simulate_bym2(w)
-    res = S.fit_car(frame, CONTROLS, w, FAST.replace(target_accept=0.9), None, kind="bym2")
+    res = CAR.fit_car(frame, CONTROLS, w, FAST.replace(target_accept=0.9), None, kind="bym2")
     return w, frame, b, res
 
 
@@ -364,7 +366,7 @@ def test_bym2_recovers_beta_and_city_effects(car_case):
 def test_leroux_recovers_beta_and_city_effects():
     w = make_graph()
     frame, b = simulate_bym2(w, seed=9)
-    res = S.fit_car(frame, CONTROLS, w, FAST.replace(target_accept=0.9), None, kind="leroux")
+    res = CAR.fit_car(frame, CONTROLS, w, FAST.replace(target_accept=0.9), None, kind="leroux")
     s = res.summary
     assert _in_interval(s.loc["beta[agglomeration]"], 1.0)
     assert np.corrcoef(res.tables["city_effects"]["mean"].to_numpy(), b)[0, 1] > 0.9
@@ -410,7 +412,7 @@ def test_ppc_moran_flags_the_non_spatial_model(sdm_case, car_case):
 @pytest.mark.recovery
 def test_spatial_compare_prefers_the_true_sdm(sdm_case):
     w, frame, sdm, _ = sdm_case
-    slx = S.fit_sdm(frame, CONTROLS, w, FAST, None, model="slx")
+    slx = SDM.fit_sdm(frame, CONTROLS, w, FAST, None, model="slx")
     out = C.spatial_compare({"sdm": sdm, "slx": slx, "twfe": _nonspatial_result(frame, w)}, w, frame,
                             n_draws=400)
     assert out["id"] == "bayes_spatial_compare"
@@ -443,7 +445,7 @@ def test_bym2_with_mundlak_terms_matches_the_two_way_fe_estimate():
                                                        [0, 0], [0, 0]), len(frame), "iid")
     spec = load_spec("bayes_car")
     spec = spec.replace(options={**spec.options, "mundlak": True})
-    res = S.fit_car(frame, CONTROLS, w, FAST, oracle, kind="bym2", spec=spec)
+    res = CAR.fit_car(frame, CONTROLS, w, FAST, oracle, kind="bym2", spec=spec)
     assert res.meant_to_match
     assert (res.agreement["z"].abs() < 0.3).all(), res.agreement
     assert res.diagnostics.divergences == 0

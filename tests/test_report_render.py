@@ -236,12 +236,13 @@ def test_tables_tex_compiles(report_dir, tmp_path):
 def test_spatial_maps_and_a_near_constant_effect(tmp_path, monkeypatch):
     """The spatial stage's report: an effect that varies gets a map centred at 0; a near-constant one a
     sentence instead of a one-colour map; text after the models stays outside their blocks."""
-    import bayesnqp.bayes.spatial as bsp
+    import bayesnqp.bayes.sdm as bsp
     import bayesnqp.checks.spatial as csp
+    from bayesnqp.bayes import registry
     from bayesnqp.stages.spatial import stage_spatial_bayes
 
     def stage(ctx):
-        def fake_sdm(frame, controls, w, s, oracle, model="sdm"):
+        def fake_sdm(frame, controls, w, s, oracle, model="sdm", spec=None):
             r = fake_fit(ctx, f"bayes_{model}", beta=0.0114, sd=0.0005, oracle_id="sdm_ml")
             cities = ctx.study.cities
             flat = pd.DataFrame({"mean": 0.0114 + np.linspace(0, 1e-5, len(cities)), "ci_low": 0.010,
@@ -252,7 +253,8 @@ def test_spatial_maps_and_a_near_constant_effect(tmp_path, monkeypatch):
                              for k, t in (("direct", flat), ("indirect", varied))})
             return r
 
-        monkeypatch.setattr(bsp, "fit_car", lambda *a, **k: None)
+        monkeypatch.setitem(registry.FAMILIES, "car", registry.Family("car", lambda request: [],
+                                                                    lambda study, spec: None))
         monkeypatch.setattr(bsp, "fit_sdm", fake_sdm)
         monkeypatch.setattr(csp, "ppc_moran", lambda *a, **k: None)
         monkeypatch.setattr(csp, "spatial_compare", lambda *a, **k: None)

@@ -5,6 +5,7 @@ import pymc as pm
 import pytest
 from conftest import require
 
+from bayesnqp import simulate
 from bayesnqp.bayes import sampling
 from bayesnqp.bayes.sampling import SamplerSettings, constants_fingerprint, sample
 
@@ -119,7 +120,7 @@ def test_jax_backend_gives_the_default_posterior():
     from bayesnqp.bayes import panel
     from bayesnqp.bayes.spec import load_spec
 
-    frame, _ = panel.simulate_panel(40, 6, seed=3)
+    frame, _ = simulate.simulate_panel(40, 6, seed=3)
     spec = load_spec("bayes_table3_col4_iid")
     fits = {}
     for name in ("nutpie", "nutpie-jax"):

@@ -7,6 +7,7 @@ import numpy as np
 import pymc as pm
 import pytest
 
+from bayesnqp import simulate
 from bayesnqp.checks import sensitivity as sens
 from bayesnqp.checks.flags import PSENS_THRESHOLD
 
@@ -103,30 +104,29 @@ def test_draws_that_do_not_fit_the_model_are_refused(y):
 
 
 # --------------------------------------------------------------------------------------------------
-# one real fit: the stage rebuilds the headline model from its spec and scales its exact densities
+# one real fit: the stage scales the exact densities of the model that produced the draws
 
 
-def test_stage_rebuilds_the_two_way_model_and_finds_its_weak_priors_harmless(tmp_path):
+def test_stage_checks_the_two_way_model_and_finds_its_weak_priors_harmless(tmp_path):
     from types import SimpleNamespace
 
     from bayesnqp import frequentist as fq
-    from bayesnqp.bayes import panel
+    from bayesnqp.bayes import table3
     from bayesnqp.bayes.sampling import SamplerSettings
     from bayesnqp.report.html import ReportBuilder
-    from bayesnqp.stages.bayesian import prior_sensitivity, rebuild_model
+    from bayesnqp.stages.bayesian import prior_sensitivity
     from bayesnqp.stages.context import RunContext
 
     controls = ("develop", "finance")
-    frame, _ = panel.simulate_panel(n_city=40, n_year=6, seed=3, controls=controls)
+    frame, _ = simulate.simulate_panel(n_city=40, n_year=6, seed=3, controls=controls)
     settings = SamplerSettings(draws=250, tune=300, chains=2, seed=5)
     oracles = {x.id: x for x in fq.table3(frame, controls=list(controls))}
-    _honest, col4 = panel.fit_table3(frame, controls, settings, oracles, columns=(4,))  # the iid rebuild
+    _honest, col4 = table3.fit_table3(frame, controls, settings, oracles, columns=(4,))  # the iid rebuild
     study = SimpleNamespace(frame=frame, roles=SimpleNamespace(controls=controls, instrument=None, mechanisms={}))
     report = ReportBuilder(tmp_path, title="t", synthetic=True, meta={})
     ctx = RunContext(study=study, settings=settings, report=report, out=tmp_path,  # type: ignore[arg-type]
                      summary={"analyses": {col4.id: {}}, "failed": {}})
-    model, potentials = rebuild_model(ctx, col4)
-    assert potentials == () and "nqp" in model.named_vars
+    assert col4.likelihood_potentials == () and "nqp" in col4.model.named_vars
     prior_sensitivity(ctx, report.section("s", "s"), col4)
     block = ctx.summary["analyses"][col4.id]["prior_sensitivity"]
     assert ctx.summary["failed"] == {}
@@ -136,10 +136,11 @@ def test_stage_rebuilds_the_two_way_model_and_finds_its_weak_priors_harmless(tmp
     assert row["prior"] < PSENS_THRESHOLD < row["likelihood"]
     assert row["diagnosis"] == "-"
     assert not [f for f in ctx.flagged if f.kind == "prior_sensitivity" and "agglomeration" in f.message]
-    # draws from another spec are refused rather than scaled against the wrong density
-    col4.idata.attrs["spec_hash"] = "0" * 64
-    with pytest.raises(ValueError, match="spec"):
-        rebuild_model(ctx, col4)
+    # a result without its model (sent between processes) says why the check is unavailable
+    ctx.summary["analyses"][col4.id] = {}
+    prior_sensitivity(ctx, report.section("s2", "s2"), col4.without_model())
+    block = ctx.summary["analyses"][col4.id]["prior_sensitivity"]
+    assert not block["available"] and "model" in block["reason"]
 
 
 def test_a_parameter_the_data_do_not_inform_is_prior_driven(y):

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import scipy.stats as st
 
-from bayesnqp.bayes import spatial as S
+from bayesnqp import panelops, spatial_linalg
+from bayesnqp.bayes import car, spatial as S
 from bayesnqp.data.weights import SpatialWeights
 
 
@@ -72,7 +73,7 @@ def test_logdet_matches_dense_slogdet(weights):
     for rho in (lo * 0.95, -0.3, 0.0, 0.45, 0.97):
         sign, ref = np.linalg.slogdet(np.eye(weights.n) - rho * wd)
         assert sign > 0
-        assert S.log_det_i_minus_rho_w(rho, weights.eigenvalues) == pytest.approx(ref, abs=1e-8)
+        assert spatial_linalg.log_det(rho, weights.eigenvalues) == pytest.approx(ref, abs=1e-8)
 
 
 def _riebler_scaling(q: np.ndarray) -> float:
@@ -85,7 +86,7 @@ def _riebler_scaling(q: np.ndarray) -> float:
 
 
 def test_bym2_scaling_factor_per_component_against_dense_generalised_inverse(weights):
-    s = S.bym2_scaling_factors(weights)
+    s = car.bym2_scaling_factors(weights)
     a = weights.binary.toarray()
     q = np.diag(a.sum(axis=1)) - a
     for c in range(weights.n_components):
@@ -96,12 +97,12 @@ def test_bym2_scaling_factor_per_component_against_dense_generalised_inverse(wei
         ref = _riebler_scaling(q[np.ix_(idx, idx)])
         assert np.allclose(s[idx], ref, rtol=1e-5)
     # the sparse (grounded-Laplacian) route gives the same numbers
-    assert np.allclose(S.bym2_scaling_factors(weights, method="sparse"), s, rtol=1e-8)
+    assert np.allclose(car.bym2_scaling_factors(weights, method="sparse"), s, rtol=1e-8)
 
 
 def test_scaling_factors_differ_between_components():
     w = make_graph()
-    s = S.bym2_scaling_factors(w)
+    s = car.bym2_scaling_factors(w)
     assert len(np.unique(np.round(s, 8))) == 3  # two components with different factors, island 1
 
 
@@ -109,7 +110,7 @@ def test_scaling_factor_of_a_path_graph_by_hand():
     # path of 3: Q = [[1,-1,0],[-1,2,-1],[0,-1,1]]; Q^+ diagonal = (5/9, 2/9, 5/9)
     w = SpatialWeights(("a", "b", "c"), np.array([(0, 1), (1, 2)]))
     expected = np.exp(np.mean(np.log([5 / 9, 2 / 9, 5 / 9])))
-    assert S.bym2_scaling_factors(w) == pytest.approx(np.full(3, expected))
+    assert car.bym2_scaling_factors(w) == pytest.approx(np.full(3, expected))
 
 
 def _dense_effects(rho, beta, theta, w):
@@ -126,7 +127,7 @@ def test_exact_effects_match_dense_inverse(weights):
     rho = np.array([-0.4, 0.2, 0.6])
     beta = np.array([1.0, 0.3, -0.2])
     theta = np.array([0.5, -0.7, 0.1])
-    eff = S.spatial_effects(rho, beta, theta, weights, method="exact")
+    eff = spatial_linalg.spatial_effects(rho, beta, theta, weights, method="exact")
     for k in range(3):
         d_city, t_city, d_theta = _dense_effects(rho[k], beta[k], theta[k], wd)
         assert np.allclose(eff["direct_city"][k], d_city, atol=1e-9)
@@ -138,7 +139,7 @@ def test_exact_effects_match_dense_inverse(weights):
 
 def test_effects_of_islands_are_purely_direct():
     w = make_graph()
-    eff = S.spatial_effects(np.array([0.5]), np.array([2.0]), np.array([1.0]), w, method="exact")
+    eff = spatial_linalg.spatial_effects(np.array([0.5]), np.array([2.0]), np.array([1.0]), w, method="exact")
     island = w.n - 1
     assert eff["direct_city"][0, island] == pytest.approx(2.0)
     assert eff["indirect_city"][0, island] == pytest.approx(0.0, abs=1e-10)
@@ -147,8 +148,8 @@ def test_effects_of_islands_are_purely_direct():
 def test_trace_approximation_close_to_exact():
     w = make_graph()
     rho, beta, theta = np.array([-0.5, 0.3, 0.7]), np.array([1.0, 1.0, 0.5]), np.array([0.5, -0.2, 0.4])
-    exact = S.spatial_effects(rho, beta, theta, w, method="exact")
-    approx = S.spatial_effects(rho, beta, theta, w, method="trace", n_probes=4000, n_terms=120, seed=3)
+    exact = spatial_linalg.spatial_effects(rho, beta, theta, w, method="exact")
+    approx = spatial_linalg.spatial_effects(rho, beta, theta, w, method="trace", n_probes=4000, n_terms=120, seed=3)
     assert str(approx["method"]) == "trace"
     # totals use exact W^k 1; averages of diagonals are Hutchinson estimates (Monte Carlo error ~1%)
     assert np.allclose(approx["total"], exact["total"], rtol=1e-6)
@@ -163,8 +164,8 @@ def test_trace_effects_stay_accurate_for_rho_near_one(bipartite, rho):
     w = SpatialWeights(tuple(f"{110000 + 100 * i}" for i in range(64)), np.array(lattice_edges(8, 8))) \
         if bipartite else make_graph()
     rho_draws, beta, theta = np.array([rho]), np.array([1.0]), np.array([0.5])
-    exact = S.spatial_effects(rho_draws, beta, theta, w, method="exact")
-    approx = S.spatial_effects(rho_draws, beta, theta, w, method="trace", n_probes=3000, seed=1)
+    exact = spatial_linalg.spatial_effects(rho_draws, beta, theta, w, method="exact")
+    approx = spatial_linalg.spatial_effects(rho_draws, beta, theta, w, method="trace", n_probes=3000, seed=1)
     assert np.allclose(approx["total"], exact["total"], rtol=1e-4)
     assert np.allclose(approx["direct"], exact["direct"], rtol=0.03)
     assert np.allclose(approx["indirect"], exact["indirect"], rtol=0.03)
@@ -205,7 +206,7 @@ def test_conditional_loglik_with_two_way_effects_integrated_out_matches_brute_fo
     rho, sigma = np.array([0.45, -0.6]), np.array([0.8, 1.4])
     y = rng.normal(size=(n, t)) + rng.normal(size=(n, 1)) + rng.normal(size=(1, t))
     m = rng.normal(size=(n, t))
-    e = np.stack([S._within((np.eye(n) - r * wd) @ (y - m)) for r in rho])
+    e = np.stack([panelops.within((np.eye(n) - r * wd) @ (y - m)) for r in rho])
     got = S.conditional_loglik(e, rho, sigma, w, two_way=True)
     # stacked year by year: index k * n + i
     dummies = np.column_stack([np.tile(np.eye(n), (t, 1)), np.kron(np.eye(t), np.ones((n, 1)))[:, 1:]])
@@ -249,4 +250,4 @@ def test_icar_kernel_equals_dense_quadratic_form():
     u = np.random.default_rng(0).normal(size=w.n)
     comp = w.components
     means_term = sum(u[comp == c].sum() ** 2 / (comp == c).sum() for c in range(w.n_components))
-    assert S.icar_logp_numpy(u, w) == pytest.approx(-0.5 * u @ q @ u - 0.5 * means_term)
+    assert car.icar_logp_numpy(u, w) == pytest.approx(-0.5 * u @ q @ u - 0.5 * means_term)

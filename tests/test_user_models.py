@@ -1,6 +1,7 @@
 """A folder of the user's own model specs (--models / run(models=...)): a spec named after a bundled
-analysis replaces it, a new panel-family spec runs as a new analysis with its own least-squares oracle,
-and a folder with any problem is refused before anything is written."""
+analysis replaces it, a new panel-family spec runs as a new analysis with its own least-squares oracle, a
+new spec of another family runs against the oracle it names, and a folder with any problem is refused
+before anything is written."""
 
 from __future__ import annotations
 
@@ -44,10 +45,26 @@ def test_a_user_folder_replaces_a_bundled_spec_and_adds_a_new_analysis(raw_csv, 
     folder.mkdir()
     (folder / "bayes_table3_col2.toml").write_text(_wider_col2())
     (folder / "bayes_my_pooled.toml").write_text(MY_POOLED)
+    # a new IV analysis: the bundled IV with a tighter coefficient prior, under its own id
+    my_iv = (bundled("models") / "bayes_iv.toml").read_text().replace('id = "bayes_iv"', 'id = "bayes_my_iv"')
+    (folder / "bayes_my_iv.toml").write_text(my_iv.replace('beta = { dist = "normal", sigma = 1.0 }',
+                                                           'beta = { dist = "normal", sigma = 0.5 }'))
     study = bn.load_study(raw_csv())
-    with bn.run(study, draws=300, chains=2, only=["bayes_table3_col2", "bayes_my_pooled"], models=folder,
-                progress=False) as res:
+    with bn.run(study, draws=300, chains=2, only=["bayes_table3_col2", "bayes_my_pooled", "bayes_my_iv"],
+                models=folder, progress=False) as res:
         col2, mine = res["bayes_table3_col2"], res["bayes_my_pooled"]
+        # the new IV spec ran through the IV family against the oracle it names, with its own prior
+        my_iv_fit = res["bayes_my_iv"]
+        assert my_iv_fit.agreement is not None and my_iv_fit.agreement.attrs["oracle"] == "iv_2sls_trend"
+        assert json.loads(my_iv_fit.idata.attrs["spec"])["priors"]["beta"]["sigma"] == 0.5
+        assert "bayes_iv" not in res.ids  # only what was selected ran
+        # fitted values of the panel model: one row per city-year, the posterior mean near the data
+        fitted = mine.fitted()
+        assert len(fitted) == len(study.frame) and (fitted["ci_low"] <= fitted["fitted"]).all()
+        assert np.corrcoef(fitted["fitted"], fitted["observed"])[0, 1] > 0.3
+        with pytest.raises(ValueError, match="within-transformed"):
+            my_iv_fit.fitted()
+        assert mine.idata.attrs["fit_hash"] != col2.idata.attrs["fit_hash"]
         # the replaced spec is the one that ran (its priors are in the fit) ...
         assert json.loads(col2.idata.attrs["spec"])["priors"]["beta"]["sigma"] == 7.0
         # ... and the new analysis ran with its oracle (least squares, same terms, no effects)
@@ -78,7 +95,7 @@ def test_a_folder_with_problems_is_refused_before_anything_is_written(raw_csv, t
     assert result.exit_code == 2, result.output
     text = " ".join(result.output.split())
     assert "unknown option 'likelihood_fomr'" in text and "bayes_sar.toml" in text
-    assert "a new analysis ('bayes_my_sdm' is not one of the study's) must use builder 'panel'" in text
+    assert "a new spatial Durbin-family analysis must say which member it is" in text
     assert "'bayes_iv' is a 'iv' analysis" in text
     assert "options.model must be 'slx' in bayes_slx" in text
     assert "the panel family's city effects are" in text and "bayes_my_car.toml" in text

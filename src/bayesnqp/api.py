@@ -198,7 +198,7 @@ def run(study: StudyData | None = None, *, draws: int | None = None, tune: int |
     ``draws``/``tune``/``chains``/``sampler``: None leaves a model spec's ``[sampler]`` value or the default
     (1000/1000/4/nutpie); a value given here wins over the spec. ``models``: a folder of model specs (TOML): one
     named after a bundled analysis replaces it (your priors, terms, sampler settings, options); a new
-    ``bayes_*`` id with builder "panel" runs as a new analysis. ``quick``: 300 draws x 2 chains. ``strict``: raise ``ConvergenceError`` if any check is flagged or
+    ``bayes_*`` id of any builder runs as a new analysis (see ``bayes.registry``). ``quick``: 300 draws x 2 chains. ``strict``: raise ``ConvergenceError`` if any check is flagged or
     any analysis failed. ``progress``: True prints each step with its elapsed time to stderr (shown in
     a terminal and in a notebook), or a callable taking the message. ``workdir``: a folder (not yet
     existing) to build the report files in; default a private temporary folder.
@@ -266,6 +266,7 @@ def fit_grid(study: StudyData | None, analyses: Sequence[str] | str, *,
              controls: Sequence[Sequence[str]] | None = None, seeds: Sequence[int] | None = None,
              draws: int | None = None, tune: int | None = None, chains: int | None = None,
              seed: int = 20240601, sampler: SamplerName | None = None, scheduler: Any = "local", workers: int = 2,
+             models: str | os.PathLike[str] | None = None,
              progress: bool | Callable[[str], None] = True) -> dict[GridKey, Result]:
     """A specification grid: ``fit`` for every analysis x control set x seed, run in parallel on Dask.
 
@@ -273,6 +274,8 @@ def fit_grid(study: StudyData | None, analyses: Sequence[str] | str, *,
     study's controls; default: the study's own). ``seeds``: sampler seeds (default: ``[seed]``).
     ``scheduler``: ``"local"`` (a LocalCluster of ``workers`` single-threaded processes), a Dask
     scheduler address (``"tcp://host:8786"``), ``"serial"`` (no Dask) or a ``distributed.Client``.
+    ``models``: a folder of model specs, as for ``run``. An analysis id that names no model is refused
+    before anything runs. Bayesian results come back without their in-memory model (``without_model``).
     Returns {(analysis, controls, seed): result} in grid order (analysis slowest, seed fastest). The
     posterior draws are identical to a serial run (every grid point carries its own seed), so
     ``scheduler`` only changes where the fits run::
@@ -282,8 +285,11 @@ def fit_grid(study: StudyData | None, analyses: Sequence[str] | str, *,
     """
     from .fanout import describe_scheduler, fan_out, grid_tasks
 
-    data = study if study is not None else load_study()
     ids = [analyses] if isinstance(analyses, str) else list(analyses)
+    unknown_ids = unknown_analyses(ids, models)
+    if unknown_ids:
+        raise ValueError(f"no such analysis: {', '.join(unknown_ids)}")
+    data = study if study is not None else load_study()
     have = tuple(data.roles.controls)
     sets = [tuple(c) for c in controls] if controls is not None else [have]
     for c in sets:
@@ -295,12 +301,24 @@ def fit_grid(study: StudyData | None, analyses: Sequence[str] | str, *,
     show = _printer(time.perf_counter()) if progress is True else (progress or (lambda message: None))
     show(f"{len(tasks)} fits {describe_scheduler(scheduler, workers)}")
     results = fan_out(_grid_point, tasks, scheduler=scheduler, workers=workers, progress=show,
-                      shared={"study": data, "draws": draws, "tune": tune, "chains": chains, "sampler": sampler})
+                      shared={"study": data, "draws": draws, "tune": tune, "chains": chains, "sampler": sampler,
+                              "models": None if models is None else str(models)})
     return {(t["analysis_id"], t["controls"], t["seed"]): r for t, r in zip(tasks, results)}
 
 
+def unknown_analyses(ids: Sequence[str], models: str | os.PathLike[str] | None = None) -> list[str]:
+    """The Bayesian ids among ``ids`` that name no model spec (bundled or in ``models``) and no result of
+    one (``bayes_groups_<splitter>``), each with the known ids; frequentist ids are not judged here."""
+    from .bayes.spec import bundled_spec_ids, read_user_models
+
+    known = set(bundled_spec_ids()) | {s.id for s in (read_user_models(Path(models)) if models is not None else [])}
+    bad = [i for i in ids if i.startswith("bayes_") and i not in known
+           and not any(i.startswith(k + "_") for k in known)]
+    return [f"{i!r} (known: {', '.join(sorted(known))})" for i in bad]
+
+
 def _grid_point(study: StudyData, analysis_id: str, controls: tuple[str, ...], seed: int, draws: int | None,
-                tune: int | None, chains: int | None, sampler: SamplerName | None) -> Result:
+                tune: int | None, chains: int | None, sampler: SamplerName | None, models: str | None) -> Result:
     """One point of ``fit_grid`` (module level, so Dask workers import it by name)."""
     import dataclasses
     import warnings
@@ -310,8 +328,12 @@ def _grid_point(study: StudyData, analysis_id: str, controls: tuple[str, ...], s
     with warnings.catch_warnings(), _quiet_forward_sampling():
         warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
         warnings.filterwarnings("ignore", message=".*BLAS.*")
-        return fit(study, analysis_id, draws=draws, tune=tune, chains=chains, seed=seed, sampler=sampler,
-                   progress=False)
+        result = fit(study, analysis_id, draws=draws, tune=tune, chains=chains, seed=seed, sampler=sampler,
+                     models=models, progress=False)
+    from .bayes.result import BayesResult
+
+    # the PyMC model stays behind: results travel between processes, and a grid holds many
+    return result.without_model() if isinstance(result, BayesResult) else result
 
 
 def _cell(estimate: float, std_error: float, digits: int) -> str:

@@ -112,6 +112,10 @@ SAMPLER_HELP = ("nutpie (default), nutpie-jax (JAX log-density: pip install \"ba
                 "CUDA jaxlib), pymc or numpyro.")
 # Sampler options shared by `run` and `grid`; None = not given, so a model spec's [sampler] value or the
 # default applies (command line > spec > default).
+ModelsOpt = Annotated[Optional[Path], typer.Option(
+    "--models", help="A folder of your model specs (TOML): a file named after a bundled analysis (e.g. "
+                     "bayes_table3_col4.toml) replaces it; a new bayes_* id of any builder runs as a new "
+                     "analysis. See README, \"Your own model specs\".")]
 DrawsOpt = Annotated[Optional[int], typer.Option(
     help="Posterior draws per chain [default: 1000, or the model spec's].", min=10, show_default=False)]
 TuneOpt = Annotated[Optional[int], typer.Option(
@@ -133,10 +137,7 @@ def run(
     chains: ChainsOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of every random step (sampling, permutations, simulation).")] = 20240601,
     sampler: SamplerOpt = None,
-    models: Annotated[Optional[Path], typer.Option(
-        "--models", help="A folder of your model specs (TOML): a file named after a bundled analysis (e.g. "
-                         "bayes_table3_col4.toml) replaces it; a new bayes_* id with builder \"panel\" runs as "
-                         "a new analysis. See README, \"Your own model specs\".")] = None,
+    models: ModelsOpt = None,
     quick: Annotated[bool, typer.Option("--quick", help="Few draws (300 x 2 chains) for a fast look; "
                                                         "diagnostics will flag low ESS.")] = False,
     no_bayes: Annotated[bool, typer.Option("--no-bayes", help="Only the data stage and the frequentist "
@@ -223,6 +224,7 @@ def grid(
              "after the other) or a Dask scheduler address such as tcp://host:8786. Needs "
              "pip install \"bayesnqp[dask]\" unless serial.")] = "local",
     workers: Annotated[int, typer.Option(help="Worker processes of the local cluster.", min=1)] = 2,
+    models: ModelsOpt = None,
     out_file: Annotated[Path, typer.Option("--out", help="CSV of the posterior summary of every grid point.")]
         = Path("grid.csv"),
 ) -> None:
@@ -245,10 +247,13 @@ def grid(
         err.print(f"[dim][{time.perf_counter() - start:6.0f}s][/] {message}", highlight=False)
 
     try:
+        unknown = api.unknown_analyses(analysis, models)  # before the data are read
+        if unknown:
+            raise ValueError(f"no such analysis: {', '.join(unknown)}")
         study = api.load_study(data, config)
         results = api.fit_grid(study, analysis, controls=sets, seeds=seeds, draws=draws, tune=tune,
                                chains=chains, sampler=sampler,  # type: ignore[arg-type]  # checked above
-                               scheduler=scheduler, workers=workers,
+                               scheduler=scheduler, workers=workers, models=models,
                                progress=progress)
     except InputError as exc:
         _fail_input(exc)

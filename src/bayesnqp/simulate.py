@@ -9,6 +9,9 @@ effects correlated with the treatment (so only a within-type estimator is unbias
 * ``groups``: two halves of the cities with slopes 0.5 and 1.5 and different treatment trends (0.05 and
   0.4 per year), the case in which a two-way deviation of a group-slope term is biased.
 
+``simulate_panel`` (a two-way panel with correlated city effects, Normal or LogNormal) and
+``simulate_mediation_panel`` (the latent-mediator model's panel) serve the models' recovery tests.
+
 ``county_graph`` / ``county_panel`` build a county-size panel (2,850 regions x 10 years) on a planar
 contiguity graph with several components and islands, for the scale benchmarks.
 """
@@ -21,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .data.weights import SpatialWeights
+from . import names
 from .names import AGGLOMERATION, CITY, NQP, YEAR
 
 Process = Literal["iid", "ar1_scales", "random_slopes", "groups"]
@@ -130,3 +134,81 @@ def county_panel(weights: SpatialWeights | None = None, *, n_years: int = COUNTY
                           YEAR: np.tile(np.arange(2013, 2013 + n_years), n), NQP: y.ravel(),
                           AGGLOMERATION: x.ravel(), "develop": develop.ravel()})
     return frame, weights, dict(t)
+
+
+def simulate_panel(n_city: int = 60, n_year: int = 8, *, seed: int = 0, beta: float = 0.01,
+                   controls: tuple[str, ...] = ("develop", "finance"), control_beta: float = 0.004,
+                   city_corr: float = 0.8, sigma: float = 0.01, sigma_city: float = 0.02,
+                   lognormal: bool = False) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A (city, year) panel with known truth in which the city effects correlate with the regressors.
+
+    y = 0.15 + beta * agglomeration + control_beta * sum(controls) + u_i + tau_t + e   (Normal), or
+    log y = -3 + ... (LogNormal). Used by the recovery tests and the benchmark.
+    """
+    rng = np.random.default_rng(seed)
+    cities = [f"{110000 + 100 * i:06d}" for i in range(n_city)]
+    years = list(range(2013, 2013 + n_year))
+    u = rng.normal(0.0, 1.0, n_city)
+    tau = rng.normal(0.0, 0.5, n_year)
+    ci = np.repeat(np.arange(n_city), n_year)
+    ti = np.tile(np.arange(n_year), n_city)
+    data: dict[str, np.ndarray] = {}
+    data[AGGLOMERATION] = 0.75 + 0.3 * (city_corr * u[ci] + rng.normal(0, 1, ci.size) + 0.2 * tau[ti])
+    for j, c in enumerate(controls):
+        data[c] = 1.0 + 0.5 * (0.5 * city_corr * u[ci] + rng.normal(0, 1, ci.size) + 0.1 * j * ti)
+    lin = (beta * data[AGGLOMERATION] + control_beta * sum(data[c] for c in controls)
+           + sigma_city * u[ci] + 0.5 * sigma_city * tau[ti] + rng.normal(0, sigma, ci.size))
+    data["nqp"] = np.exp(-3.0 + lin) if lognormal else 0.15 + lin
+    index = pd.MultiIndex.from_arrays([np.asarray(cities)[ci], np.asarray(years)[ti]], names=[CITY, YEAR])
+    truth = {"beta": {AGGLOMERATION: beta, **{c: control_beta for c in controls}}, "sigma": sigma,
+             "sigma_city_scale": sigma_city}
+    return pd.DataFrame(data, index=index), truth
+
+
+def simulate_mediation_panel(n_city: int = 80, n_year: int = 8, seed: int = 0,
+                             controls: tuple[str, ...] = names.CONTROLS
+                             ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A (city, year) panel from the joint model, with city and year effects correlated with the
+    treatment and indicators in very different units. Returns the frame and the truth on the reported
+    scales (a, b, loading, indirect, direct, total, indicator_effect)."""
+    rng = np.random.default_rng(seed)
+    mechs = names.MECHANISMS
+    cities = [f"{110000 + 100 * i:06d}" for i in range(n_city)]
+    years = list(range(2013, 2013 + n_year))
+    idx = pd.MultiIndex.from_product([cities, years], names=[names.CITY, names.YEAR])
+    n = n_city * n_year
+    ci = np.repeat(np.arange(n_city), n_year)
+    ti = np.tile(np.arange(n_year), n_city)
+    u = rng.normal(size=n_city)
+    x = 0.75 + 0.3 * u[ci] + 0.03 * ti + 0.3 * rng.normal(size=n)
+    w = 0.4 * u[ci][:, None] + 0.3 * (x - x.mean())[:, None] + rng.normal(size=(n, len(controls)))
+    unit = {"inno": (1.0, 40.0), "factor": (0.1, 0.9), "industry": (0.05, 4.0)}   # marker, 2nd indicator
+    a0 = {"inno": 0.8, "factor": 0.6, "industry": -0.5}     # marker sds per unit agglomeration
+    lam0 = {"inno": 0.9, "factor": 0.7, "industry": 1.1}    # standardised loadings of the 2nd indicator
+    b0 = {"inno": 0.3, "factor": 0.25, "industry": -0.2}    # outcome units per marker sd
+    nqp_unit, c0 = 0.01, 0.4
+    corr = np.array([[1.0, 0.0, 0.3], [0.0, 1.0, 0.0], [0.3, 0.0, 1.0]])
+    zeta = rng.multivariate_normal(np.zeros(3), 0.5**2 * corr, size=n)
+    cols: dict[str, np.ndarray] = {names.AGGLOMERATION: x}
+    y = c0 * x + 0.2 * w[:, 0] - 0.1 * w[:, 1] + 0.5 * u[ci] + 0.1 * ti
+    truth: dict[str, Any] = {"a": {}, "b": {}, "loading": {}, "indirect": {}, "indicator_effect": {}}
+    for m, (mech, (i1, i2)) in enumerate(mechs.items()):
+        u1, u2 = unit[mech]
+        eta = a0[mech] * x + 0.3 * w[:, m] + 0.6 * u[ci] + 0.05 * ti + zeta[:, m]   # in marker sds
+        cols[i1] = u1 * (2.0 + eta + 0.4 * rng.normal(size=n))
+        cols[i2] = u2 * (5.0 + lam0[mech] * eta + 0.2 * w[:, 3] + 0.3 * u[ci] + 0.4 * rng.normal(size=n))
+        y = y + b0[mech] * eta
+        truth["a"][mech] = a0[mech] * u1
+        truth["b"][mech] = b0[mech] * nqp_unit / u1
+        truth["loading"][mech] = lam0[mech] * u2 / u1
+        truth["indirect"][mech] = a0[mech] * b0[mech] * nqp_unit
+        truth["indicator_effect"][i1] = a0[mech] * u1
+        truth["indicator_effect"][i2] = a0[mech] * lam0[mech] * u2
+    cols[names.NQP] = nqp_unit * (y + 0.5 * rng.normal(size=n))
+    truth["direct"] = c0 * nqp_unit
+    truth["indirect_sum"] = sum(truth["indirect"].values())
+    truth["total"] = truth["direct"] + truth["indirect_sum"]
+    for j, cname in enumerate(controls):
+        cols[cname] = w[:, j]
+    frame = pd.DataFrame(cols, index=idx)
+    return frame, truth

@@ -133,7 +133,10 @@ class Selection:
     prefixes: tuple[str, ...] | None = None
 
     @classmethod
-    def of(cls, only: Iterable[str] | str | None) -> "Selection":
+    def of(cls, only: Iterable[str] | str | None, depends: dict[str, tuple[str, ...]] | None = None
+           ) -> "Selection":
+        """``depends``: more of what an analysis pulls in, beside ``DEPENDS`` (the oracles of the user's
+        new specs)."""
         if only is None:
             return cls(None)
         wanted = [only] if isinstance(only, str) else [str(x) for x in only]
@@ -146,7 +149,7 @@ class Selection:
             if item in closed:
                 continue
             closed.append(item)
-            for key, needs in DEPENDS.items():
+            for key, needs in {**DEPENDS, **(depends or {})}.items():
                 if key.startswith(item) or item.startswith(key):
                     todo.extend(needs)
         return cls(tuple(sorted(closed)))
@@ -206,9 +209,11 @@ def compute(study: StudyData, options: RunOptions, workdir: Path,
     built there) and return the context holding every result. Nothing else is written. Any exception,
     Ctrl-C included, removes ``workdir``. Under ``options.strict`` a flag or failure raises
     ConvergenceError (and removes ``workdir``)."""
-    selection = Selection.of(only)
     settings = options.sampler_settings()
     mine = read_user_models(options.models) if options.models is not None else []
+    # a new spec's oracle runs when the spec is selected (a "{splitter}" template: every split's)
+    selection = Selection.of(only, {s.id: (s.oracle.split("{", 1)[0],) for s in mine
+                                    if s.oracle and s.id not in BUNDLED_IDS})
     summary = base_summary(study, options, settings, selection)
     title = "bayesnqp report: " + study.data_name
     meta = {"data": study.source, "cities x years": f"{len(study.cities)} x {len(study.years)}",

@@ -27,7 +27,7 @@ per city.
 
 The per-city log-density is spread evenly over that city's rows, so the pointwise entries sum (per city)
 to the city's density of its within-city contrasts: LOO on city sums is leave-one-city-out (compare
-models in that same currency, see ``panel.within_city_loglik_iid``).
+models in that same currency, see ``table3.within_city_loglik_iid``).
 """
 
 from __future__ import annotations

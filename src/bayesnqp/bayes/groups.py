@@ -79,7 +79,7 @@ def fit_groups(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], split
         diff = bg.sel(group="high") - bg.sel(group="low")
         idata.posterior["difference"] = diff.drop_vars(names.GROUP, errors="ignore")
         p_high = float((diff > 0).mean())
-        oracle = oracles.get(f"hetero_{splitter}")
+        oracle = oracles.get(spec.oracle.format(splitter=splitter)) if spec.oracle else None
         terms = None
         if oracle is not None:
             terms = {f"{AGGLOMERATION}[{g}]": f"beta_group[{g}]" for g in GROUPS
@@ -92,7 +92,7 @@ def fit_groups(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], split
         counts = labels.value_counts()
         extra: dict[str, Any] = {"splitter": splitter, "p_high_gt_low": p_high,
                                  "n_cities": {g: int(counts.get(g, 0)) for g in GROUPS}}
-        results.append(finish(spec, model, idata, oracle=oracle, terms=terms, meant_to_match=False,
+        results.append(finish(spec, model, idata, oracle=oracle, terms=terms, meant_to_match=False, pdata=pdata,
                               agreement_note=GROUP_NOTE, var_names=var_names, extra=extra,
                               result_id=f"bayes_groups_{splitter}",
                               title=f"{spec.title}: {splitter}",
@@ -128,11 +128,12 @@ def display_labels(provinces: pd.Series, labels: pd.Series | dict[str, str] | No
 
 
 def fit_province_slopes(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], provinces: pd.Series,
-                        settings: SamplerSettings, *, labels: pd.Series | dict[str, str] | None = None
-                        ) -> BayesResult:
+                        settings: SamplerSettings, *, labels: pd.Series | dict[str, str] | None = None,
+                        spec: ModelSpec | None = None) -> BayesResult:
     """Province-varying agglomeration slopes (partially pooled) with a forest plot. ``labels``:
-    province -> name shown in the plot (e.g. pinyin) where the plot font lacks the original's glyphs."""
-    spec = load_spec("bayes_province_slopes")
+    province -> name shown in the plot (e.g. pinyin) where the plot font lacks the original's glyphs.
+    ``spec``: default ``models/bayes_province_slopes.toml``."""
+    spec = spec or load_spec("bayes_province_slopes")
     cities = frame.index.get_level_values(CITY).astype(str).unique()
     names_ = pd.Series(provinces, copy=True)
     names_.index = names_.index.astype(str)
@@ -151,7 +152,7 @@ def fit_province_slopes(frame: pd.DataFrame, controls: tuple[str, ...] | list[st
     p_pos = (bg > 0).mean(("chain", "draw")).to_series()
     extra = {"n_provinces": int(len(counts)), "cities_per_province": {str(k): int(v) for k, v in counts.items()},
              "p_positive": {str(k): float(v) for k, v in p_pos.items()}}
-    return finish(spec, model, idata, oracle=None, meant_to_match=False, agreement_note="",
+    return finish(spec, model, idata, oracle=None, meant_to_match=False, agreement_note="", pdata=pdata,
                   var_names=var_names, extra=extra, figures={"province_slopes": fig})
 
 

@@ -18,19 +18,18 @@ scale; beta and pi are reported on the original scale.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pymc as pm
 import pytensor.tensor as pt
 
-from ..conventions import agreement, diagnose, posterior_summary
 from .. import names
 from ..names import AGGLOMERATION, CITY, COEF, YEAR
 from ..panelops import two_way_within_uncentred as two_way_demean
 from ..results import AnalysisResult
-from .result import BayesResult
+from .result import BayesResult, assemble
 from .sampling import SamplerSettings, sample
 from .spec import ModelSpec, load_spec, prior_param
 
@@ -40,8 +39,22 @@ FIRST = names.FIRST_COEF
 INSTRUMENT = "dist_trend"
 
 
+@dataclass(frozen=True)
+class IvData:
+    """The IV model's data: ``std`` the within-transformed, standardised columns (outcome, endogenous
+    regressor, controls, instrument, in ``names`` order) and ``sd`` their within sds; ``n`` rows, ``rank``
+    the rank of the two-way projection (n - cities - years + 1)."""
+
+    std: np.ndarray
+    sd: np.ndarray
+    names: list[str]
+    n: int
+    rank: int
+    controls: list[str]
+
+
 def iv_data(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], distance_col: str,
-            outcome: str = "nqp", endogenous: str = AGGLOMERATION) -> dict[str, Any]:
+            outcome: str = "nqp", endogenous: str = AGGLOMERATION) -> IvData:
     """Instrument, within-transformed variables, their scales and the projection's rank."""
     cols = [outcome, endogenous, *controls, distance_col]
     missing = [c for c in cols if c not in frame.columns]
@@ -62,20 +75,20 @@ def iv_data(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], distance
     names = [outcome, endogenous, *controls, INSTRUMENT]
     if (sd <= 1e-12 * np.maximum(np.abs(raw).max(axis=0), 1)).any():
         raise ValueError(f"no within variation left in {[n for n, s in zip(names, sd) if s <= 0]}")
-    return {"std": within / sd, "sd": sd, "names": names, "n": len(data),
-            "rank": len(data) - (len(cities) + len(years) - 1), "controls": list(controls)}
+    return IvData(std=within / sd, sd=sd, names=names, n=len(data),
+                  rank=len(data) - (len(cities) + len(years) - 1), controls=list(controls))
 
 
-def build_iv_model(d: dict[str, Any], spec: ModelSpec | None = None) -> pm.Model:
+def build_iv_model(d: IvData, spec: ModelSpec | None = None) -> pm.Model:
     """The joint first/second-stage model on within-transformed, standardised data."""
     coef_sigma = prior_param(spec, "beta", 1.0)
     sd_sigma = prior_param(spec, "sigma", 1.0)
     eta = prior_param(spec, "corr", 2.0, key="eta")
-    controls = d["controls"]
-    S = d["std"]
+    controls = d.controls
+    S = d.std
     y, x, W, z = S[:, 0], S[:, 1], S[:, 2:2 + len(controls)], S[:, -1]
-    sd = d["sd"]
-    coords = {OBS: np.arange(d["n"]), COEF: [AGGLOMERATION, *controls], FIRST: [INSTRUMENT, *controls],
+    sd = d.sd
+    coords = {OBS: np.arange(d.n), COEF: [AGGLOMERATION, *controls], FIRST: [INSTRUMENT, *controls],
               EQUATION: ["first_stage", "second_stage"], names.EQUATION_BIS: ["first_stage", "second_stage"]}
     with pm.Model(coords=coords) as model:
         Wd = pm.Data("W", W, dims=(OBS, names.CONTROL)) if controls else None
@@ -95,7 +108,7 @@ def build_iv_model(d: dict[str, Any], spec: ModelSpec | None = None) -> pm.Model
         pm.MvNormal("stages", mu=pt.stack([mu1, mu2], axis=1), chol=chol, observed=obs, dims=(OBS, EQUATION))
         # Exact likelihood of the projected data: r instead of N degrees of freedom (module docstring).
         log_det = 2.0 * pt.sum(pt.log(pt.diag(chol)))
-        pm.Potential("within_df", 0.5 * (d["n"] - d["rank"]) * log_det)
+        pm.Potential("within_df", 0.5 * (d.n - d.rank) * log_det)
         # Original scale: beta = b * sd(y) / sd(x); controls in stage 2 scale by sd(y) / sd(w); the
         # first stage scales by sd(x) / sd(regressor).
         k = len(controls)
@@ -112,31 +125,33 @@ IV_NOTE = ("The joint Normal model is the likelihood counterpart of LIML, not of
            "LIML, so it is shown beside the 2SLS oracle without being required to match it.")
 
 
+# The degrees-of-freedom correction is part of the likelihood (the prior-sensitivity check scales it).
+LIKELIHOOD_POTENTIALS = ("within_df",)
+
+
 def fit_iv(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], distance_col: str,
-           settings: SamplerSettings, oracle: AnalysisResult | None) -> BayesResult:
-    """Bayesian IV beside the 2SLS oracle ``iv_2sls_trend``."""
-    spec = load_spec("bayes_iv")
+           settings: SamplerSettings, oracle: AnalysisResult | None, spec: ModelSpec | None = None
+           ) -> BayesResult:
+    """Bayesian IV beside the 2SLS oracle (``iv_2sls_trend``); ``spec`` default ``models/bayes_iv.toml``."""
+    spec = spec or load_spec("bayes_iv")
     controls = [c for c in spec.expand_terms(controls) if c != AGGLOMERATION]
     d = iv_data(frame, controls, distance_col, outcome=spec.outcome)
     model = build_iv_model(d, spec)
-    key = f"{spec.spec_hash}:iv:{d['n']}:{d['rank']}:{len(controls)}"
+    key = f"{spec.spec_hash}:iv:{d.n}:{d.rank}:{len(controls)}"
     idata = sample(model, spec.sampler_settings(settings), cache_key=key)
-    idata.attrs.update(spec.attrs())
     var_names = ["beta", "first_stage", "error_corr", "error_sd"]
-    summary = posterior_summary(idata, var_names)
-    diagnostics = diagnose(idata, var_names)
     pi = idata.posterior["first_stage"].sel({FIRST: INSTRUMENT})
     rho = idata.posterior["error_corr"]
     extra = {"instrument": f"{distance_col} x (year - first year)", "two_way_effects": "within-transformed",
              "first_stage_pi_mean": float(pi.mean()), "first_stage_pi_sd": float(pi.std()),
              "first_stage_pi_z": float(pi.mean() / pi.std()), "p_pi_positive": float((pi > 0).mean()),
              "error_corr_mean": float(rho.mean()), "p_error_corr_positive": float((rho > 0).mean()),
-             "df_within": int(d["rank"])}
-    table = None
-    if oracle is not None:
-        terms = {t: f"beta[{t}]" for t in [AGGLOMERATION, *controls] if t in oracle.coefs.index}
-        table = agreement(summary, oracle, terms) if terms else None
-    return BayesResult(id=spec.id, title=spec.title, idata=idata, summary=summary, diagnostics=diagnostics,
-                       agreement=table, meant_to_match=False, agreement_note=IV_NOTE if table is not None else "",
-                       extra=extra, notes=(f"error correlation {extra['error_corr_mean']:.2f}: "
-                                           "endogeneity of agglomeration in the data's terms",))
+             "df_within": int(d.rank)}
+    terms = None if oracle is None else {t: f"beta[{t}]" for t in [AGGLOMERATION, *controls]
+                                         if t in oracle.coefs.index}
+    return assemble(spec, idata, var_names, oracle=oracle, terms=terms, agreement_note=IV_NOTE, extra=extra,
+                    notes=(f"error correlation {extra['error_corr_mean']:.2f}: "
+                           "endogeneity of agglomeration in the data's terms",),
+                    model=model, likelihood_potentials=LIKELIHOOD_POTENTIALS,
+                    no_fitted_reason="the joint IV model is fitted to two-way within-transformed data, so it "
+                                     "has no fitted values in the outcome's own units")

@@ -66,16 +66,18 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 from .. import names
-from ..conventions import diagnose, hdi, posterior_summary
+from ..conventions import hdi, posterior_summary
 from ..panelops import two_way_within
 from ..conventions import agreement as agreement_table
 from ..errors import InputError, Problem
 from ..results import AnalysisResult
-from .result import BayesResult
+from .result import BayesResult, assemble
 from .sampling import SamplerSettings, sample
 from .spec import ModelSpec, load_spec, prior_param
 
 SPEC_ID = "bayes_mediation"
+# The marginal likelihood of the indicators and the outcome (the prior-sensitivity check scales it).
+LIKELIHOOD_POTENTIALS = ("loglik",)
 DEFAULT_RHO_GRID: tuple[float, ...] = (-0.5, -0.4, -0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 REPORTED = ["a", "b", "indirect", "indirect_sum", "direct", "total", "share_mediated", "indicator_effect",
             "loading"]
@@ -306,7 +308,7 @@ def build_model(data: MediationData, spec: ModelSpec | None = None) -> pm.Model:
         lam_free = pm.TruncatedNormal("loading_std", prior_param(spec, "loading", 0.5, key="mu"),
                                       prior_param(spec, "loading", 1.0), lower=0.0, dims=names.MECHANISM)
         theta = pm.HalfNormal("theta", prior_param(spec, "theta", 1.0), dims=names.INDICATOR)
-        sigma = pm.HalfNormal("sigma", prior_param(spec, "sigma", 1.0))
+        sigma = pm.HalfNormal("sigma_std", prior_param(spec, "sigma", 1.0))  # standardised scale
         zeta_sd_prior = prior_param(spec, "zeta_sd", 1.0)
         if k >= 2:
             chol, _, _ = pm.LKJCholeskyCov("zeta", n=k, eta=prior_param(spec, "zeta_corr", 2.0, key="eta"),
@@ -360,7 +362,7 @@ def _draws(idata: az.InferenceData, var: str) -> np.ndarray:
 def _sem_draws(idata: az.InferenceData, k: int, n_draws: int) -> tuple[np.ndarray, ...]:
     """a, b, c, loadings, theta, sigma, psi draws (standardised scale) and ``n_draws`` evenly spread picks."""
     a, b, c = _draws(idata, "a_std"), _draws(idata, "b_std"), _draws(idata, "c_std")
-    lam, theta, sigma = _draws(idata, "loading_std"), _draws(idata, "theta"), _draws(idata, "sigma")
+    lam, theta, sigma = _draws(idata, "loading_std"), _draws(idata, "theta"), _draws(idata, "sigma_std")
     pick = np.linspace(0, len(a) - 1, n_draws).round().astype(int)
     return a, b, c, lam, theta, sigma, _psi_draws(idata, k), pick
 
@@ -409,7 +411,7 @@ def sensitivity_tables(idata: az.InferenceData, data: MediationData, rho_grid: t
     """
     k = len(data.mechanisms)
     a, b = _draws(idata, "a_std"), _draws(idata, "b_std")
-    sigma, psi = _draws(idata, "sigma"), _psi_draws(idata, k)
+    sigma, psi = _draws(idata, "sigma_std"), _psi_draws(idata, k)
     per_x = data.scale_z[-1] / data.scale_x
 
     def indirect(rho_vec: np.ndarray) -> np.ndarray:
@@ -625,39 +627,75 @@ def fit_mediation(frame: pd.DataFrame, controls: tuple[str, ...] | list[str],
     # The cross-product data have fixed shapes, so one compilation serves any panel with these labels.
     key = f"{spec.spec_hash}:mediation:{','.join(data.variables)}"
     idata = sample(model, run, cache_key=key)
-    idata.attrs.update(spec.attrs())
     idata.attrs.update({"n_eff": data.n_eff, "scale_x": data.scale_x,
                         "scale_z": ",".join(f"{s:.10g}" for s in data.scale_z)})
-
     summary = posterior_summary(idata, REPORTED)
-    diagnostics = diagnose(idata, REPORTED)
-
-    agreement = None
-    if oracles:
-        parts = []
-        for ind in data.indicators:
-            oracle = oracles.get(f"table4_{ind}")
-            if oracle is None or names.AGGLOMERATION not in oracle.coefs.index:
-                continue
-            part = agreement_table(summary, oracle, {names.AGGLOMERATION: f"indicator_effect[{ind}]"})
-            part.index = pd.Index([ind], name=names.INDICATOR)
-            part.insert(0, "oracle", oracle.id)
-            parts.append(part)
-        if parts:
-            agreement = pd.concat(parts)
-            agreement.attrs["oracle"] = "table4_<indicator>"
-
     table, curve, thresholds = sensitivity_tables(idata, data, rho_grid,
                                                   float(spec.options.get("sensitivity_step", 0.01)))
     reps = predictive_draws(idata, data, int(spec.options.get("ppc_draws", 100)), seed=run.seed)
     ppc = ppc_table(reps, data)
+    notes = MEDIATION_NOTES
+    if data.dropped_rows:
+        notes += (f"{data.dropped_rows} city-years with a missing value were left out.",)
+    # The fine rho curve (about 1,200 rows) lives in the sensitivity figure, not in the report's tables.
+    return assemble(
+        spec, idata, REPORTED, summary=summary, agreement_table=indicator_agreement(summary, data, oracles),
+        model=model, likelihood_potentials=LIKELIHOOD_POTENTIALS,
+        no_fitted_reason="the latent-mediator model is fitted to the cross-products of the within-transformed "
+                         "indicators, outcome and treatment, not to each city-year",
+        agreement_note=("Not meant to match: the joint model adjusts differently (both indicators of a "
+                        "mechanism share one latent slope a_k, the loading ties them, and the three "
+                        "mechanisms and the outcome are modelled together), so each indicator effect "
+                        "a_k x loading should be close to its Table 4 estimate but not identical."),
+        notes=notes, extra=mediation_extra(summary, data, thresholds, rho_grid, ppc),
+        tables={"sensitivity": table, "ppc": ppc},
+        figures={"path": path_figure(summary, data), "sensitivity": sensitivity_figure(curve, thresholds, data),
+                 "ppc": ppc_figure(reps, data)})
 
+
+MEDIATION_NOTES: tuple[str, ...] = (
+    "The agglomeration -> mechanism link (a_k) is what the two-way panel identifies, as in Table 4.",
+    "The mechanism -> outcome link (b_k), and with it every indirect effect, rests on the assumption "
+    "of no unobserved mediator-outcome confounding (Jiang Ting 2022 advises against estimating it); "
+    "see the rho sensitivity grid and thresholds.",
+    "Identification: the first indicator of each mechanism is its marker (loading 1), so each latent "
+    "mechanism is on its marker's original scale and cannot flip sign or swap labels.",
+    "City and year effects and the control coefficients are removed exactly by the two-way within "
+    "transformation and partialling out; the latent mechanisms are integrated out analytically.",
+    "a_k: marker units per unit of agglomeration; b_k: nqp per marker unit; indirect, direct, total: "
+    "nqp per unit of agglomeration; indicator_effect: each indicator's original units per unit of "
+    "agglomeration.",
+)
+
+
+def indicator_agreement(summary: pd.DataFrame, data: MediationData,
+                        oracles: dict[str, AnalysisResult] | None) -> pd.DataFrame | None:
+    """Each indicator's effect a_k x loading against its Table 4 estimate (``table4_<indicator>``)."""
+    parts = []
+    for ind in data.indicators if oracles else ():
+        oracle = oracles.get(f"table4_{ind}") if oracles else None
+        if oracle is None or names.AGGLOMERATION not in oracle.coefs.index:
+            continue
+        part = agreement_table(summary, oracle, {names.AGGLOMERATION: f"indicator_effect[{ind}]"})
+        part.index = pd.Index([ind], name=names.INDICATOR)
+        part.insert(0, "oracle", oracle.id)
+        parts.append(part)
+    if not parts:
+        return None
+    agreement = pd.concat(parts)
+    agreement.attrs["oracle"] = "table4_<indicator>"
+    return agreement
+
+
+def mediation_extra(summary: pd.DataFrame, data: MediationData, thresholds: dict[str, Any],
+                    rho_grid: tuple[float, ...], ppc: pd.DataFrame) -> dict[str, Any]:
+    """What summary.json says about the mediation fit: paths, effects, sensitivity and PPC p-values."""
     def block(var: str) -> dict[str, Any]:
         rows = summary.loc[[i for i in summary.index if i == var or i.startswith(f"{var}[")]]
         return {(i.split("[", 1)[1].rstrip("]") if "[" in i else "value"):
                 {"mean": r["mean"], "sd": r["sd"], "ci": [r["ci_low"], r["ci_high"]]} for i, r in rows.iterrows()}
 
-    extra: dict[str, Any] = {
+    return {
         "a": block("a"), "b": block("b"), "indirect": block("indirect"),
         "indirect_sum": block("indirect_sum")["value"], "direct": block("direct")["value"],
         "total": block("total")["value"], "share_mediated": block("share_mediated")["value"],
@@ -673,84 +711,3 @@ def fit_mediation(frame: pd.DataFrame, controls: tuple[str, ...] | list[str],
         "ppc_p_values": {v: {"sd": r["p_sd"], "skew": r["p_skew"], "kurtosis": r["p_kurtosis"]}
                          for v, r in ppc.iterrows()},
     }
-    notes: tuple[str, ...] = (
-        "The agglomeration -> mechanism link (a_k) is what the two-way panel identifies, as in Table 4.",
-        "The mechanism -> outcome link (b_k), and with it every indirect effect, rests on the assumption "
-        "of no unobserved mediator-outcome confounding (Jiang Ting 2022 advises against estimating it); "
-        "see the rho sensitivity grid and thresholds.",
-        "Identification: the first indicator of each mechanism is its marker (loading 1), so each latent "
-        "mechanism is on its marker's original scale and cannot flip sign or swap labels.",
-        "City and year effects and the control coefficients are removed exactly by the two-way within "
-        "transformation and partialling out; the latent mechanisms are integrated out analytically.",
-        "a_k: marker units per unit of agglomeration; b_k: nqp per marker unit; indirect, direct, total: "
-        "nqp per unit of agglomeration; indicator_effect: each indicator's original units per unit of "
-        "agglomeration.",
-    )
-    if data.dropped_rows:
-        notes += (f"{data.dropped_rows} city-years with a missing value were left out.",)
-    # The fine rho curve (about 1,200 rows) lives in the sensitivity figure, not in the report's tables.
-    tables = {"sensitivity": table, "ppc": ppc}
-    figures = {"path": path_figure(summary, data),
-               "sensitivity": sensitivity_figure(curve, thresholds, data),
-               "ppc": ppc_figure(reps, data)}
-    return BayesResult(
-        id=SPEC_ID, title=spec.title, idata=idata, summary=summary, diagnostics=diagnostics,
-        agreement=agreement, meant_to_match=False,
-        agreement_note=("Not meant to match: the joint model adjusts differently (both indicators of a "
-                        "mechanism share one latent slope a_k, the loading ties them, and the three "
-                        "mechanisms and the outcome are modelled together), so each indicator effect "
-                        "a_k x loading should be close to its Table 4 estimate but not identical."),
-        notes=notes, extra=extra, tables=tables, figures=figures)
-
-
-# --------------------------------------------------------------------------------------------------
-# simulated panel with known truth (tests, benchmark)
-
-
-def simulate_mediation_panel(n_city: int = 80, n_year: int = 8, seed: int = 0,
-                             controls: tuple[str, ...] = names.CONTROLS
-                             ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """A (city, year) panel from the joint model, with city and year effects correlated with the
-    treatment and indicators in very different units. Returns the frame and the truth on the reported
-    scales (a, b, loading, indirect, direct, total, indicator_effect)."""
-    rng = np.random.default_rng(seed)
-    mechs = names.MECHANISMS
-    cities = [f"{110000 + 100 * i:06d}" for i in range(n_city)]
-    years = list(range(2013, 2013 + n_year))
-    idx = pd.MultiIndex.from_product([cities, years], names=[names.CITY, names.YEAR])
-    n = n_city * n_year
-    ci = np.repeat(np.arange(n_city), n_year)
-    ti = np.tile(np.arange(n_year), n_city)
-    u = rng.normal(size=n_city)
-    x = 0.75 + 0.3 * u[ci] + 0.03 * ti + 0.3 * rng.normal(size=n)
-    w = 0.4 * u[ci][:, None] + 0.3 * (x - x.mean())[:, None] + rng.normal(size=(n, len(controls)))
-    unit = {"inno": (1.0, 40.0), "factor": (0.1, 0.9), "industry": (0.05, 4.0)}   # marker, 2nd indicator
-    a0 = {"inno": 0.8, "factor": 0.6, "industry": -0.5}     # marker sds per unit agglomeration
-    lam0 = {"inno": 0.9, "factor": 0.7, "industry": 1.1}    # standardised loadings of the 2nd indicator
-    b0 = {"inno": 0.3, "factor": 0.25, "industry": -0.2}    # outcome units per marker sd
-    nqp_unit, c0 = 0.01, 0.4
-    corr = np.array([[1.0, 0.0, 0.3], [0.0, 1.0, 0.0], [0.3, 0.0, 1.0]])
-    zeta = rng.multivariate_normal(np.zeros(3), 0.5**2 * corr, size=n)
-    cols: dict[str, np.ndarray] = {names.AGGLOMERATION: x}
-    y = c0 * x + 0.2 * w[:, 0] - 0.1 * w[:, 1] + 0.5 * u[ci] + 0.1 * ti
-    truth: dict[str, Any] = {"a": {}, "b": {}, "loading": {}, "indirect": {}, "indicator_effect": {}}
-    for m, (mech, (i1, i2)) in enumerate(mechs.items()):
-        u1, u2 = unit[mech]
-        eta = a0[mech] * x + 0.3 * w[:, m] + 0.6 * u[ci] + 0.05 * ti + zeta[:, m]   # in marker sds
-        cols[i1] = u1 * (2.0 + eta + 0.4 * rng.normal(size=n))
-        cols[i2] = u2 * (5.0 + lam0[mech] * eta + 0.2 * w[:, 3] + 0.3 * u[ci] + 0.4 * rng.normal(size=n))
-        y = y + b0[mech] * eta
-        truth["a"][mech] = a0[mech] * u1
-        truth["b"][mech] = b0[mech] * nqp_unit / u1
-        truth["loading"][mech] = lam0[mech] * u2 / u1
-        truth["indirect"][mech] = a0[mech] * b0[mech] * nqp_unit
-        truth["indicator_effect"][i1] = a0[mech] * u1
-        truth["indicator_effect"][i2] = a0[mech] * lam0[mech] * u2
-    cols[names.NQP] = nqp_unit * (y + 0.5 * rng.normal(size=n))
-    truth["direct"] = c0 * nqp_unit
-    truth["indirect_sum"] = sum(truth["indirect"].values())
-    truth["total"] = truth["direct"] + truth["indirect_sum"]
-    for j, cname in enumerate(controls):
-        cols[cname] = w[:, j]
-    frame = pd.DataFrame(cols, index=idx)
-    return frame, truth

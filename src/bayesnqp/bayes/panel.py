@@ -56,18 +56,20 @@ import numpy as np
 import pandas as pd
 import pymc as pm
 import pytensor.tensor as pt
-import xarray as xr
 
-from ..conventions import agreement, diagnose, hdi_contains, posterior_summary
+from ..conventions import hdi_bounds, hdi_contains
 from .. import names
 from ..names import AGGLOMERATION, CITY, COEF, YEAR
 from ..results import AnalysisResult
 from .errors import ErrorStructure, row_order, structured_city_logp, structured_city_random
-from .result import BayesResult
+from .result import BayesResult, assemble
 from .sampling import SamplerSettings, sample
 from .spec import PANEL_CITY_EFFECTS, PANEL_LIKELIHOODS, PANEL_YEAR_EFFECTS, ModelSpec, load_spec
 
 OBS = names.OBS
+FITTED_MEAN = "fitted_mean"
+# Posterior draws used for fitted values (evenly spaced over the chains, so the answer is reproducible).
+FITTED_DRAWS = 400
 SUPPORTED_CITY = PANEL_CITY_EFFECTS
 SUPPORTED_YEAR = PANEL_YEAR_EFFECTS
 SUPPORTED_LIKELIHOOD = PANEL_LIKELIHOODS
@@ -266,21 +268,26 @@ def _outcome_scale(y: np.ndarray, likelihood: str) -> tuple[float, float]:
     return float(y.mean()), float(y.std())
 
 
-def build_panel_model(pdata: PanelData, spec: ModelSpec, *, likelihood: str | None = None,
-                      slope_groups: pd.Series | None = None, group_dim: str = names.GROUP,
-                      slope_term: str = AGGLOMERATION) -> pm.Model:
-    """The PyMC model of ``spec`` on ``pdata`` (no sampling).
+@dataclass(frozen=True)
+class PanelForm:
+    """What a panel spec asks of the builder, checked: effects, likelihood, the city effects' form, the
+    error structure and the outcome's standardisation."""
 
-    ``slope_groups``: city -> group label; when given, the slope of ``slope_term`` varies by group,
-    partially pooled: beta_g ~ Normal(group_mean, group_sd), reported as ``beta_group``
-    (dims ``group_dim``, original scale); the other terms keep one slope in ``beta``.
-    """
-    likelihood = likelihood or spec.likelihood
-    city_eff = spec.effects.get("city", "none")
-    year_eff = spec.effects.get("year", "none")
-    if city_eff not in SUPPORTED_CITY:
+    city: str
+    year: str
+    likelihood: str
+    city_form: str  # "auto" resolved to "centred" / "noncentred"; unused when marginal or no city effects
+    marginal: bool
+    errors: ErrorStructure
+    y_centre: float
+    y_scale: float
+
+
+def panel_form(pdata: PanelData, spec: ModelSpec, likelihood: str) -> PanelForm:
+    city, year = spec.effects.get("city", "none"), spec.effects.get("year", "none")
+    if city not in SUPPORTED_CITY:
         raise ValueError(f"{spec.id}: the panel builder supports city effects {SUPPORTED_CITY}")
-    if year_eff not in SUPPORTED_YEAR:
+    if year not in SUPPORTED_YEAR:
         raise ValueError(f"{spec.id}: the panel builder supports year effects {SUPPORTED_YEAR}")
     if likelihood not in SUPPORTED_LIKELIHOOD:
         raise ValueError(f"{spec.id}: the panel builder supports likelihoods {SUPPORTED_LIKELIHOOD}")
@@ -293,195 +300,288 @@ def build_panel_model(pdata: PanelData, spec: ModelSpec, *, likelihood: str | No
     if not errors.iid and not marginal:
         raise ValueError(f"{spec.id}: options.errors = {errors.label()!r} needs city effects integrated out "
                          "(options.city_effects = 'marginal') and the Normal likelihood")
-    if city_form == "auto" and city_eff != "none" and not marginal:
+    if city_form == "auto" and city != "none" and not marginal:
         city_form = choose_city_param(pdata, likelihood)
+    return PanelForm(city, year, likelihood, city_form, marginal, errors, y_centre, y_scale)
 
+
+@dataclass
+class PanelDesign:
+    """The regressors as the builder uses them: ``Zx`` (within parts where the city effects are in
+    Mundlak or RE form), the Mundlak city means ``zbar`` or the RE city means ``re_means``, the coords,
+    the terms with one common slope and, with slope groups, the group of each city and the slope term."""
+
+    Zx: np.ndarray
+    zbar: np.ndarray | None
+    re_means: np.ndarray | None
+    coords: dict[str, Any]
+    common: list[str]
+    k_slope: int = -1
+    g_of_city: np.ndarray | None = None
+
+
+def panel_design(pdata: PanelData, spec: ModelSpec, form: PanelForm, slope_groups: pd.Series | None,
+                 group_dim: str, slope_term: str) -> PanelDesign:
     terms = list(pdata.terms)
     re_means = None
-    if city_eff == "mundlak":
-        Zx, zbar, mundlak_names = pdata.mundlak_parts(two_way=year_eff != "none")
-    elif city_eff == "random":
+    if form.city == "mundlak":
+        Zx, zbar, mundlak_names = pdata.mundlak_parts(two_way=form.year != "none")
+    elif form.city == "random":
         # Plain random effects written in the same basis: x = (x - xbar_i) + xbar_i, and the city effect
         # absorbs beta' xbar_i, i.e. it is centred on alpha + beta' xbar_i with the SAME beta (Mundlak's
         # gamma forced to equal beta). Identical model; the effects and beta no longer trade off.
         if slope_groups is not None:
             raise ValueError(f"{spec.id}: group-specific slopes need Mundlak city effects")
-        Zx, _, _ = pdata.mundlak_parts(two_way=year_eff != "none")
+        Zx, _, _ = pdata.mundlak_parts(two_way=form.year != "none")
         re_means = pdata.city_means(pdata.Z)
         zbar, mundlak_names = None, []
     else:
         Zx, zbar, mundlak_names = pdata.Z, None, []
-
     coords: dict[str, Any] = {CITY: list(pdata.cities), YEAR: list(pdata.years), OBS: np.arange(pdata.n)}
+    design = PanelDesign(Zx, zbar, re_means, coords, terms)
     if slope_groups is not None:
-        if slope_term not in terms:
-            raise ValueError(f"slope term {slope_term!r} is not among the terms")
-        labels = slope_groups.reindex(list(pdata.cities))
-        if labels.isna().any():
-            raise ValueError(f"no group for cities {labels.index[labels.isna()].tolist()[:5]}")
-        groups = list(pd.unique(labels.astype(str).sort_values()))
-        if isinstance(slope_groups.dtype, pd.CategoricalDtype):
-            groups = [str(g) for g in slope_groups.cat.categories if str(g) in set(labels.astype(str))]
-        g_of_city = pd.Index(groups).get_indexer(labels.astype(str))
-        k_slope = terms.index(slope_term)
-        if city_eff == "mundlak":
-            # The group-slope term keeps only its CITY deviation, x_it - xbar_i. The two-way deviation
-            # would also remove beta_g (xbar_t - xbar), which varies by group and year when the slopes
-            # differ; common year effects cannot absorb that, and the slopes were biased whenever the
-            # groups' treatment trends differ. With the city deviation the model is the interacted
-            # two-way FE model (group slopes, common year effects) in Mundlak form.
-            Zx = Zx.copy()
-            Zx[:, k_slope] = pdata.mundlak_parts(two_way=False)[0][:, k_slope]
-        common = [t for t in terms if t != slope_term]
-        coords[group_dim] = groups
-        coords[COEF] = common
-    else:
-        common = terms
-        coords[COEF] = terms
+        _group_design(design, pdata, form, slope_groups, group_dim, slope_term)
+    coords[COEF] = design.common
     if zbar is not None:
         coords[names.MUNDLAK] = mundlak_names
+    return design
 
-    common_idx = [terms.index(t) for t in common]
-    with pm.Model(coords=coords) as model:
+
+def _group_design(design: PanelDesign, pdata: PanelData, form: PanelForm, slope_groups: pd.Series,
+                  group_dim: str, slope_term: str) -> None:
+    """Slope groups: the group of each city, the group coords, and the slope term out of the common ones."""
+    terms = list(pdata.terms)
+    if slope_term not in terms:
+        raise ValueError(f"slope term {slope_term!r} is not among the terms")
+    labels = slope_groups.reindex(list(pdata.cities))
+    if labels.isna().any():
+        raise ValueError(f"no group for cities {labels.index[labels.isna()].tolist()[:5]}")
+    groups = list(pd.unique(labels.astype(str).sort_values()))
+    if isinstance(slope_groups.dtype, pd.CategoricalDtype):
+        groups = [str(g) for g in slope_groups.cat.categories if str(g) in set(labels.astype(str))]
+    design.g_of_city = pd.Index(groups).get_indexer(labels.astype(str))
+    design.k_slope = terms.index(slope_term)
+    if form.city == "mundlak":
+        # The group-slope term keeps only its CITY deviation, x_it - xbar_i. The two-way deviation
+        # would also remove beta_g (xbar_t - xbar), which varies by group and year when the slopes
+        # differ; common year effects cannot absorb that, and the slopes were biased whenever the
+        # groups' treatment trends differ. With the city deviation the model is the interacted
+        # two-way FE model (group slopes, common year effects) in Mundlak form.
+        design.Zx = design.Zx.copy()
+        design.Zx[:, design.k_slope] = pdata.mundlak_parts(two_way=False)[0][:, design.k_slope]
+    design.common = [t for t in terms if t != slope_term]
+    design.coords[group_dim] = groups
+
+
+def build_panel_model(pdata: PanelData, spec: ModelSpec, *, likelihood: str | None = None,
+                      slope_groups: pd.Series | None = None, group_dim: str = names.GROUP,
+                      slope_term: str = AGGLOMERATION) -> pm.Model:
+    """The PyMC model of ``spec`` on ``pdata`` (no sampling).
+
+    ``slope_groups``: city -> group label; when given, the slope of ``slope_term`` varies by group,
+    partially pooled: beta_g ~ Normal(group_mean, group_sd), reported as ``beta_group``
+    (dims ``group_dim``, original scale); the other terms keep one slope in ``beta``.
+
+    The variables are created in one fixed order (slopes, group slopes, city effects, year effects,
+    sigma, likelihood): the sampler's parameter vector follows it, so reordering would change the draws.
+    """
+    form = panel_form(pdata, spec, likelihood or spec.likelihood)
+    design = panel_design(pdata, spec, form, slope_groups, group_dim, slope_term)
+    terms = list(pdata.terms)
+    common_idx = [terms.index(t) for t in design.common]
+    with pm.Model(coords=design.coords) as model:
         # Index data only where used: nutpie drops unused shared variables, and swapping data into a
         # cached compilation must name exactly the ones it kept.
-        uses_city = city_eff != "none" or slope_groups is not None
+        uses_city = form.city != "none" or slope_groups is not None
         city_idx = pm.Data("city_idx", pdata.city_idx, dims=OBS) if uses_city else None
-        year_idx = pm.Data("year_idx", pdata.year_idx, dims=OBS) if year_eff != "none" else None
-        X_c = pm.Data("X", Zx[:, common_idx], dims=(OBS, COEF))
-
+        year_idx = pm.Data("year_idx", pdata.year_idx, dims=OBS) if form.year != "none" else None
+        X_c = pm.Data("X", design.Zx[:, common_idx], dims=(OBS, COEF))
         # Scales enter as data, not constants, so a cached compilation reused on new data (same
         # structure) picks up the new standardisation too.
-        y_centre = pm.Data("y_centre", np.float64(y_centre))
-        y_scale = pm.Data("y_scale", np.float64(y_scale))
+        y_centre = pm.Data("y_centre", np.float64(form.y_centre))
+        y_scale = pm.Data("y_scale", np.float64(form.y_scale))
         x_sd = pm.Data("x_sd", pdata.x_sd[common_idx], dims=COEF)
         # structured errors: the city effects are fixed effects integrated out under a flat prior, which
         # absorbs the intercept and any city-level (Mundlak) terms
-        alpha = pm.Normal("alpha", 0.0, prior(spec, "alpha")["sigma"]) if errors.iid else None
+        alpha = pm.Normal("alpha", 0.0, prior(spec, "alpha")["sigma"]) if form.errors.iid else None
         b_std = pm.Normal("beta_std", 0.0, prior(spec, "beta")["sigma"], dims=COEF)
         eta = X_c @ b_std
+        slopes = None
         if slope_groups is not None:
-            x_s = pm.Data("x_slope", Zx[:, k_slope], dims=OBS)
-            x_sd_slope = pm.Data("x_sd_slope", np.float64(pdata.x_sd[k_slope]))
-            g_idx = pm.Data("group_idx", g_of_city, dims=CITY)
-            s_mean = prior(spec, "group_mean")["sigma"]
-            p_sd = prior(spec, "group_sd")
-            if p_sd["dist"] == "gamma":
-                gsd = pm.Gamma("group_sd_std", alpha=p_sd["alpha"], beta=p_sd["beta"])
-            else:
-                gsd = pm.HalfNormal("group_sd_std", p_sd["sigma"])
-            # options.slopes: "marginal" integrates the group mean out analytically, beta ~ MVN(0,
-            # group_sd^2 I + s_mean^2 J): no mean-vs-slopes ridge (non-centred form, informative groups)
-            # and no mean-vs-sd funnel (centred form, few groups); the group mean is drawn afterwards
-            # from its exact conditional (draw_group_mean). "centred"/"noncentred" keep it sampled.
-            form = spec.options.get("slopes", "auto")
-            if form == "auto":
-                form = choose_slope_param(pdata, likelihood, Zx, common_idx, k_slope, g_of_city)
-            gm = None
-            if form == "marginal":
-                n_groups = len(coords[group_dim])
-                cov = gsd ** 2 * pt.eye(n_groups) + s_mean ** 2 * pt.ones((n_groups, n_groups))
-                bg_std = pm.MvNormal("beta_group_std", mu=pt.zeros(n_groups), cov=cov, dims=group_dim)
-            elif form == "centred":
-                gm = pm.Normal("group_mean_std", 0.0, s_mean)
-                bg_std = pm.Normal("beta_group_std", gm, gsd, dims=group_dim)
-            elif form == "noncentred":
-                gm = pm.Normal("group_mean_std", 0.0, s_mean)
-                gz = pm.Normal("group_z", 0.0, 1.0, dims=group_dim)
-                bg_std = pm.Deterministic("beta_group_std", gm + gsd * gz, dims=group_dim)
-            else:
-                raise ValueError(f"{spec.id}: options.slopes must be auto, marginal, centred or noncentred")
-            eta = eta + x_s * bg_std[g_idx[city_idx]]
-
-        if city_eff == "none":
-            eta = eta + alpha
-        elif not errors.iid:
-            counts = pm.Data("city_count", np.bincount(pdata.city_idx, minlength=len(pdata.cities))
-                             .astype(np.float64), dims=CITY)
-        else:
-            sigma_city = pm.HalfNormal("sigma_city_std", prior(spec, "sigma_city")["sigma"])
-            centre = alpha
-            if zbar is not None:
-                Zbar = pm.Data("Zbar", zbar, dims=(CITY, names.MUNDLAK))
-                gamma = pm.Normal("gamma", 0.0, prior(spec, "gamma")["sigma"], dims=names.MUNDLAK)
-                centre = alpha + Zbar @ gamma
-            elif re_means is not None:
-                Xbar = pm.Data("Xbar", re_means, dims=(CITY, COEF))
-                centre = alpha + Xbar @ b_std
-            if marginal:
-                # Integrated out: the likelihood below is the exact marginal density of each city's rows.
-                # The city-level part of the mean stays at city level (never expanded to the rows).
-                counts = pm.Data("city_count", np.bincount(pdata.city_idx, minlength=len(pdata.cities))
-                                 .astype(np.float64), dims=CITY)
-                city_level = centre if centre is not alpha else alpha * pt.ones_like(counts)
-            elif city_form == "centred":
-                u = pm.Normal("city_effect_std", centre, sigma_city, dims=CITY)
-                eta = eta + u[city_idx]
-            else:
-                u_z = pm.Normal("city_z", 0.0, 1.0, dims=CITY)
-                u = pm.Deterministic("city_effect_std", centre + sigma_city * u_z, dims=CITY)
-                eta = eta + u[city_idx]
-
-        if year_eff == "zerosum":
-            tau = pm.ZeroSumNormal("year_effect_std", sigma=prior(spec, "year")["sigma"], dims=YEAR)
-            eta = eta + tau[year_idx]
-        elif year_eff == "fixed":
-            raw = pm.Normal("year_dummy_std", 0.0, prior(spec, "year")["sigma"], shape=len(pdata.years) - 1)
-            tau = pm.Deterministic("year_effect_std", pt.concatenate([pt.zeros(1), raw]), dims=YEAR)
-            eta = eta + tau[year_idx]
-
+            slopes = _group_slopes(pdata, spec, form, design, group_dim, city_idx)
+            eta = eta + slopes.term
+        eta, city = _city_effects(pdata, spec, form, design, alpha, b_std, eta, city_idx)
+        eta, tau = _year_effects(pdata, spec, form, eta, year_idx)
         sigma = pm.HalfNormal("sigma_std", prior(spec, "sigma")["sigma"])
         mu = y_centre + y_scale * eta
-        scale = y_scale * sigma
-        y_data = pm.Data("y", pdata.y, dims=OBS)
-        if marginal:
-            # mu holds the part of the mean that varies within a city; its city means are the year
-            # effects' city means (the within regressors have zero city means by construction).
-            if not np.allclose(pdata.city_means(Zx), 0.0, atol=1e-9):
-                raise ValueError(f"{spec.id}: marginal city effects need within-city regressors")
-            if errors.iid:
-                if year_eff != "none":
-                    share = pm.Data("year_share", pdata.city_means(np.eye(len(pdata.years))[pdata.year_idx]),
-                                    dims=(CITY, YEAR))
-                    mu_bar = y_centre + y_scale * (share @ tau)
-                else:
-                    mu_bar = y_centre * pt.ones_like(counts)
-                pm.CustomDist("nqp", mu, mu_bar, y_scale * city_level, scale, y_scale * sigma_city, city_idx,
-                              counts, logp=marginal_city_logp, random=marginal_city_random, observed=y_data,
-                              dims=OBS)
-            else:
-                if slope_groups is None and slope_term not in terms:
-                    raise ValueError(f"{spec.id}: the random slope needs {slope_term!r} among the terms")
-                slope_k = k_slope if slope_groups is not None else terms.index(slope_term)
-                extra_vars = structured_errors(pdata, spec, errors, sigma, slope_k, city_idx)
-                pm.CustomDist("nqp", mu, extra_vars["phi"], y_scale * extra_vars["scale"],
-                              y_scale * extra_vars["omega"], extra_vars["g"], city_idx, counts,
-                              *extra_vars["order"], logp=structured_city_logp, random=structured_city_random,
-                              observed=y_data, dims=OBS)
-                if errors.random_slope:
-                    # x_sd as data, not a constant, so a compiled model is reused on new data
-                    sd_k = x_sd_slope if slope_groups is not None else x_sd[common.index(terms[slope_k])]
-                    pm.Deterministic("slope_sd", y_scale * extra_vars["omega"] / sd_k)
-        elif likelihood == "normal":
+        # Named (not a Deterministic, so no per-draw copy is stored) for ``BayesResult.fitted()``: the
+        # mean of each row, without the city effects where they are integrated out.
+        model.add_named_variable(mu.copy(name=FITTED_MEAN), dims=(OBS,))
+        _outcome_likelihood(pdata, spec, form, design, mu, sigma, tau, city, slopes, city_idx, x_sd, terms,
+                            slope_term, slope_groups is not None)
+        # Back to the original scale: d y / d x = y_scale * b_std / x_sd.
+        pm.Deterministic("beta", y_scale * b_std / x_sd, dims=COEF)
+        pm.Deterministic("sigma", y_scale * sigma)
+        if form.city != "none" and form.errors.iid:
+            pm.Deterministic("sigma_city", y_scale * city.sigma_city)
+        if slopes is not None:
+            pm.Deterministic("beta_group", y_scale * slopes.beta_std / slopes.x_sd, dims=group_dim)
+            if slopes.mean is not None:
+                pm.Deterministic("group_mean", y_scale * slopes.mean / slopes.x_sd)
+            pm.Deterministic("group_sd", y_scale * slopes.sd / slopes.x_sd)
+    return model
+
+
+@dataclass(frozen=True)
+class GroupSlopes:
+    """The group-slope part of the mean (``term``) and what the deterministics and the structured
+    errors need (standardised scale)."""
+
+    term: Any
+    beta_std: Any
+    mean: Any  # None in the marginal form (drawn afterwards, ``draw_group_mean``)
+    sd: Any
+    x_sd: Any
+
+
+def _group_slopes(pdata: PanelData, spec: ModelSpec, form: PanelForm, design: PanelDesign, group_dim: str,
+                  city_idx: Any) -> GroupSlopes:
+    assert design.g_of_city is not None  # set by _group_design
+    x_s = pm.Data("x_slope", design.Zx[:, design.k_slope], dims=OBS)
+    x_sd_slope = pm.Data("x_sd_slope", np.float64(pdata.x_sd[design.k_slope]))
+    g_idx = pm.Data("group_idx", design.g_of_city, dims=CITY)
+    s_mean = prior(spec, "group_mean")["sigma"]
+    p_sd = prior(spec, "group_sd")
+    if p_sd["dist"] == "gamma":
+        gsd = pm.Gamma("group_sd_std", alpha=p_sd["alpha"], beta=p_sd["beta"])
+    else:
+        gsd = pm.HalfNormal("group_sd_std", p_sd["sigma"])
+    # options.slopes: "marginal" integrates the group mean out analytically, beta ~ MVN(0,
+    # group_sd^2 I + s_mean^2 J): no mean-vs-slopes ridge (non-centred form, informative groups)
+    # and no mean-vs-sd funnel (centred form, few groups); the group mean is drawn afterwards
+    # from its exact conditional (draw_group_mean). "centred"/"noncentred" keep it sampled.
+    slope_form = spec.options.get("slopes", "auto")
+    if slope_form == "auto":
+        common_idx = [list(pdata.terms).index(t) for t in design.common]
+        slope_form = choose_slope_param(pdata, form.likelihood, design.Zx, common_idx, design.k_slope,
+                                        design.g_of_city)
+    gm = None
+    if slope_form == "marginal":
+        n_groups = len(design.coords[group_dim])
+        cov = gsd ** 2 * pt.eye(n_groups) + s_mean ** 2 * pt.ones((n_groups, n_groups))
+        bg_std = pm.MvNormal("beta_group_std", mu=pt.zeros(n_groups), cov=cov, dims=group_dim)
+    elif slope_form == "centred":
+        gm = pm.Normal("group_mean_std", 0.0, s_mean)
+        bg_std = pm.Normal("beta_group_std", gm, gsd, dims=group_dim)
+    elif slope_form == "noncentred":
+        gm = pm.Normal("group_mean_std", 0.0, s_mean)
+        gz = pm.Normal("group_z", 0.0, 1.0, dims=group_dim)
+        bg_std = pm.Deterministic("beta_group_std", gm + gsd * gz, dims=group_dim)
+    else:
+        raise ValueError(f"{spec.id}: options.slopes must be auto, marginal, centred or noncentred")
+    return GroupSlopes(x_s * bg_std[g_idx[city_idx]], bg_std, gm, gsd, x_sd_slope)
+
+
+@dataclass(frozen=True)
+class CityTerms:
+    """The city effects' pieces the likelihood needs: their sd (iid errors), the count of rows per city
+    and, in the marginal form, the city-level part of the mean (never expanded to the rows)."""
+
+    sigma_city: Any = None
+    counts: Any = None
+    city_level: Any = None
+
+
+def _city_effects(pdata: PanelData, spec: ModelSpec, form: PanelForm, design: PanelDesign, alpha: Any,
+                  b_std: Any, eta: Any, city_idx: Any) -> tuple[Any, CityTerms]:
+    def city_counts() -> Any:
+        return pm.Data("city_count", np.bincount(pdata.city_idx, minlength=len(pdata.cities))
+                       .astype(np.float64), dims=CITY)
+
+    if form.city == "none":
+        return eta + alpha, CityTerms()
+    if not form.errors.iid:
+        return eta, CityTerms(counts=city_counts())
+    sigma_city = pm.HalfNormal("sigma_city_std", prior(spec, "sigma_city")["sigma"])
+    centre = alpha
+    if design.zbar is not None:
+        Zbar = pm.Data("Zbar", design.zbar, dims=(CITY, names.MUNDLAK))
+        gamma = pm.Normal("gamma", 0.0, prior(spec, "gamma")["sigma"], dims=names.MUNDLAK)
+        centre = alpha + Zbar @ gamma
+    elif design.re_means is not None:
+        Xbar = pm.Data("Xbar", design.re_means, dims=(CITY, COEF))
+        centre = alpha + Xbar @ b_std
+    if form.marginal:
+        # Integrated out: the likelihood below is the exact marginal density of each city's rows.
+        # The city-level part of the mean stays at city level (never expanded to the rows).
+        counts = city_counts()
+        city_level = centre if centre is not alpha else alpha * pt.ones_like(counts)
+        return eta, CityTerms(sigma_city, counts, city_level)
+    if form.city_form == "centred":
+        u = pm.Normal("city_effect_std", centre, sigma_city, dims=CITY)
+    else:
+        u_z = pm.Normal("city_z", 0.0, 1.0, dims=CITY)
+        u = pm.Deterministic("city_effect_std", centre + sigma_city * u_z, dims=CITY)
+    return eta + u[city_idx], CityTerms(sigma_city)
+
+
+def _year_effects(pdata: PanelData, spec: ModelSpec, form: PanelForm, eta: Any, year_idx: Any
+                  ) -> tuple[Any, Any]:
+    if form.year == "zerosum":
+        tau = pm.ZeroSumNormal("year_effect_std", sigma=prior(spec, "year")["sigma"], dims=YEAR)
+    elif form.year == "fixed":
+        raw = pm.Normal("year_dummy_std", 0.0, prior(spec, "year")["sigma"], shape=len(pdata.years) - 1)
+        tau = pm.Deterministic("year_effect_std", pt.concatenate([pt.zeros(1), raw]), dims=YEAR)
+    else:
+        return eta, None
+    return eta + tau[year_idx], tau
+
+
+def _outcome_likelihood(pdata: PanelData, spec: ModelSpec, form: PanelForm, design: PanelDesign, mu: Any,
+                        sigma: Any, tau: Any, city: CityTerms, slopes: GroupSlopes | None, city_idx: Any,
+                        x_sd: Any, terms: list[str], slope_term: str, grouped: bool) -> None:
+    """The observed ``nqp``: Normal, Student-t or LogNormal rows, or per city (the marginal form, with iid
+    or structured errors)."""
+    y_centre, y_scale = pm.modelcontext(None)["y_centre"], pm.modelcontext(None)["y_scale"]
+    scale = y_scale * sigma
+    y_data = pm.Data("y", pdata.y, dims=OBS)
+    if not form.marginal:
+        if form.likelihood == "normal":
             pm.Normal("nqp", mu=mu, sigma=scale, observed=y_data, dims=OBS)
-        elif likelihood == "student_t":
+        elif form.likelihood == "student_t":
             p = prior(spec, "nu")
             nu = pm.Gamma("nu", alpha=p["alpha"], beta=p["beta"])
             pm.StudentT("nqp", nu=nu, mu=mu, sigma=scale, observed=y_data, dims=OBS)
         else:
             pm.LogNormal("nqp", mu=mu, sigma=scale, observed=y_data, dims=OBS)
-
-        # Back to the original scale: d y / d x = y_scale * b_std / x_sd.
-        pm.Deterministic("beta", y_scale * b_std / x_sd, dims=COEF)
-        pm.Deterministic("sigma", scale)
-        if city_eff != "none" and errors.iid:
-            pm.Deterministic("sigma_city", y_scale * sigma_city)
-        if slope_groups is not None:
-            pm.Deterministic("beta_group", y_scale * bg_std / x_sd_slope, dims=group_dim)
-            if gm is not None:
-                pm.Deterministic("group_mean", y_scale * gm / x_sd_slope)
-            pm.Deterministic("group_sd", y_scale * gsd / x_sd_slope)
-    return model
+        return
+    # mu holds the part of the mean that varies within a city; its city means are the year
+    # effects' city means (the within regressors have zero city means by construction).
+    if not np.allclose(pdata.city_means(design.Zx), 0.0, atol=1e-9):
+        raise ValueError(f"{spec.id}: marginal city effects need within-city regressors")
+    if form.errors.iid:
+        if tau is not None:
+            share = pm.Data("year_share", pdata.city_means(np.eye(len(pdata.years))[pdata.year_idx]),
+                            dims=(CITY, YEAR))
+            mu_bar = y_centre + y_scale * (share @ tau)
+        else:
+            mu_bar = y_centre * pt.ones_like(city.counts)
+        pm.CustomDist("nqp", mu, mu_bar, y_scale * city.city_level, scale, y_scale * city.sigma_city, city_idx,
+                      city.counts, logp=marginal_city_logp, random=marginal_city_random, observed=y_data,
+                      dims=OBS)
+        return
+    if not grouped and slope_term not in terms:
+        raise ValueError(f"{spec.id}: the random slope needs {slope_term!r} among the terms")
+    slope_k = design.k_slope if grouped else terms.index(slope_term)
+    extra_vars = structured_errors(pdata, spec, form.errors, sigma, slope_k, city_idx)
+    pm.CustomDist("nqp", mu, extra_vars["phi"], y_scale * extra_vars["scale"],
+                  y_scale * extra_vars["omega"], extra_vars["g"], city_idx, city.counts,
+                  *extra_vars["order"], logp=structured_city_logp, random=structured_city_random,
+                  observed=y_data, dims=OBS)
+    if form.errors.random_slope:
+        # x_sd as data, not a constant, so a compiled model is reused on new data
+        sd_k = slopes.x_sd if slopes is not None else x_sd[design.common.index(terms[slope_k])]
+        pm.Deterministic("slope_sd", y_scale * extra_vars["omega"] / sd_k)
 
 
 def structured_errors(pdata: PanelData, spec: ModelSpec, errors: ErrorStructure, sigma: Any, slope_k: int,
@@ -651,25 +751,48 @@ def oracle_terms(oracle: AnalysisResult | None, coefs: list[str], label: str = "
 
 
 def finish(spec: ModelSpec, model: pm.Model, idata: az.InferenceData, *, oracle: AnalysisResult | None,
-           terms: dict[str, str] | None = None, meant_to_match: bool, agreement_note: str,
-           notes: tuple[str, ...] = (), extra: dict[str, Any] | None = None,
-           figures: dict[str, Any] | None = None, tables: dict[str, pd.DataFrame] | None = None,
-           var_names: list[str] | None = None, result_id: str | None = None,
-           title: str | None = None) -> BayesResult:
-    """Summary, diagnostics and agreement for a sampled panel model."""
-    idata.attrs.update(spec.attrs())
-    var_names = var_names or reported_vars(model)
-    summary = posterior_summary(idata, var_names)
-    diagnostics = diagnose(idata, var_names)
-    table = None
-    if oracle is not None:
-        terms = terms if terms is not None else oracle_terms(oracle, list(model.coords[COEF]))
-        if terms:
-            table = agreement(summary, oracle, terms)
-    return BayesResult(id=result_id or spec.id, title=title or spec.title, idata=idata, summary=summary,
-                       diagnostics=diagnostics, agreement=table, meant_to_match=meant_to_match,
-                       agreement_note=agreement_note if table is not None else "", notes=notes,
-                       extra=extra or {}, tables=tables or {}, figures=figures or {})
+           terms: dict[str, str] | None = None, var_names: list[str] | None = None,
+           pdata: PanelData | None = None, **fields: Any) -> BayesResult:
+    """Summary, diagnostics and agreement for a sampled panel model (``result.assemble``); ``terms``
+    default to every coefficient the oracle shares with the model. With ``pdata`` the result has
+    fitted values."""
+    if oracle is not None and terms is None:
+        terms = oracle_terms(oracle, list(model.coords[COEF]))
+    if pdata is not None:
+        fields["fitted_values"] = lambda: panel_fitted(model, idata, pdata, spec.likelihood)
+    return assemble(spec, idata, var_names or reported_vars(model), oracle=oracle, terms=terms, model=model,
+                    **fields)
+
+
+def panel_fitted(model: pm.Model, idata: az.InferenceData, pdata: PanelData, likelihood: str) -> pd.DataFrame:
+    """Fitted values of a panel model: per posterior draw, the row's mean X beta + year effect + city
+    effect (the city effect as sampled, as drawn from its exact conditional where it was integrated out,
+    or at its least-squares value given the draw where it is a flat-prior fixed effect, as with the
+    structured errors); the posterior mean and HDI of those over ``FITTED_DRAWS`` draws. For the
+    LogNormal likelihood the mean is on the log scale and the fitted value is its exponential (the
+    median of y)."""
+    post = idata.posterior.stack(sample=("chain", "draw"))
+    pick = np.unique(np.linspace(0, post.sizes["sample"] - 1, FITTED_DRAWS).astype(int))
+    free = [rv.name for rv in model.free_RVs]
+    fn = model.compile_fn(outs=model[FITTED_MEAN], inputs=model.free_RVs, on_unused_input="ignore",
+                          point_fn=False)
+    means = np.stack([np.asarray(fn(**{v: post[v].isel(sample=i).values for v in free})) for i in pick])
+    if "city_count" in model.named_vars and "city_effect_std" not in model.named_vars:  # outside the mean
+        if "city_effect_std" in post:
+            u = post["city_effect_std"].isel(sample=pick).transpose("sample", CITY).values
+            means = means + float(model["y_scale"].get_value()) * u[:, pdata.city_idx]
+        else:
+            counts = np.bincount(pdata.city_idx, minlength=len(pdata.cities))
+            resid = pdata.y[None] - means
+            city_mean = np.stack([np.bincount(pdata.city_idx, r, minlength=len(counts)) for r in resid]) / counts
+            means = means + city_mean[:, pdata.city_idx]
+    if likelihood == "lognormal":
+        means = np.exp(means)
+    lo, hi = hdi_bounds(means)
+    index = pd.MultiIndex.from_arrays([np.asarray(pdata.cities)[pdata.city_idx],
+                                       np.asarray(pdata.years)[pdata.year_idx]], names=[CITY, YEAR])
+    return pd.DataFrame({"fitted": means.mean(axis=0), "ci_low": lo, "ci_high": hi, "observed": pdata.y},
+                        index=index)
 
 
 def fit_spec(frame: pd.DataFrame, spec: ModelSpec, controls: tuple[str, ...] | list[str],
@@ -705,121 +828,53 @@ MATCH_NOTES = {
                "treatment is measured with error (quasi-differencing attenuates more). The iid rebuild "
                "(bayes_table3_col4_iid) reproduces the least-squares point estimate (|z| <= 0.1), and the "
                "bootstrap sd beside it is the design-based spread of that estimate."),
+    "random": ("Plain random effects (no Mundlak terms) assume the city effects are independent of the "
+               "regressors. Where they correlate (richer cities have both more digital agglomeration and more "
+               "NQP), the random-effects posterior mixes within and between variation and is pulled toward "
+               "the between-city slope, so it is biased against the two-way within estimate; a large |z| here "
+               "is the Hausman contrast, not a sampling failure."),
+    "other": ("Not meant to reproduce the least-squares estimate: the likelihood or the effects differ from "
+              "the ones least squares assumes, so the numbers differ by design; z shows how far."),
 }
 
 
-def fit_table3(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], settings: SamplerSettings,
-               oracles: dict[str, AnalysisResult] | None, *, columns: tuple[int, ...] = (1, 2, 3, 4)
-               ) -> list[BayesResult]:
-    """Table 3 columns (1)-(4): pooled without and with controls, city effects, city and year effects."""
-    oracles = oracles or {}
-    results = []
-    # column 4 comes twice: the honest error structure (the headline) and the iid exact rebuild
-    fits = [(f"bayes_table3_col{col}", {1: "pooled", 2: "pooled", 3: "city", 4: "honest"}[col])
-            for col in columns]
-    if 4 in columns:
-        fits.append(("bayes_table3_col4_iid", "twoway"))
-    fitted: dict[str, tuple[pm.Model, az.InferenceData]] = {}
-    for spec_id, kind in fits:
-        spec = load_spec(spec_id)
-        model, idata, pdata = fit_spec(frame, spec, controls, settings, log_likelihood=kind == "honest")
-        fitted[spec_id] = (model, idata)
-        extra: dict[str, Any] = {}
-        figures: dict[str, Any] = {}
-        if kind == "twoway":  # the iid model: its prior predictive includes the city effects (the honest
-            # model's flat-prior city effects have none)
-            check = prior_predictive_check(model, pdata, seed=settings.seed)
-            extra["prior_predictive"] = check.numbers
-            figures["prior_predictive_col4"] = check.figure
-        results.append(finish(spec, model, idata, oracle=oracles.get("table3_col4" if kind in ("honest", "twoway")
-                                                                     else spec_id.removeprefix("bayes_")),
-                              meant_to_match=kind != "honest", agreement_note=MATCH_NOTES[kind], extra=extra,
-                              figures=figures))
-    if {"bayes_table3_col4", "bayes_table3_col4_iid"} <= set(fitted):
-        try:
-            comparison = compare_error_structures(fitted["bayes_table3_col4"], fitted["bayes_table3_col4_iid"])
-        except Exception as exc:  # noqa: BLE001 - a failed comparison must not discard the sampled fits
-            comparison = {"error": f"{type(exc).__name__}: {exc}"}
-        results[columns.index(4)].extra["error_structure_loo"] = comparison
-    return results
+def panel_kind(spec: ModelSpec) -> str:
+    """Which least-squares estimator a panel spec rebuilds, if any: "pooled", "city", "twoway" (its
+    posterior mean reproduces that estimator under weak priors), "honest" (structured errors), "random"
+    (plain random effects) or "other" (another likelihood, or effects least squares has no counterpart to)."""
+    city, year = spec.effects.get("city", "none"), spec.effects.get("year", "none")
+    if spec.options.get("errors"):
+        return "honest"
+    if city == "random":
+        return "random"
+    if spec.likelihood != "normal" or year not in ("none", "zerosum", "fixed"):
+        return "other"
+    if city == "mundlak":
+        return "twoway" if year != "none" else "city"
+    return "pooled" if city == "none" else "other"
 
 
-def within_city_loglik_iid(model: pm.Model, idata: az.InferenceData) -> np.ndarray:
-    """(chain, draw, city) log-density of each city's within-city contrasts under an iid-error marginal
-    model (column (4) iid): -1/2 [(T_i - 1) log(2 pi s^2) + log T_i + SS_i / s^2], SS_i the within-city sum
-    of squares of y - (X beta + year effects), s = sigma. The same currency as the structured models'
-    pointwise terms (bayes/errors.py), so leave-one-city-out LOO compares them like for like."""
-    post = idata.posterior
-    y_centre, y_scale = float(model["y_centre"].get_value()), float(model["y_scale"].get_value())
-    X = np.asarray(model["X"].get_value())
-    city_idx = np.asarray(model["city_idx"].get_value())
-    mean = np.einsum("nk,cdk->cdn", X, post["beta_std"].transpose("chain", "draw", COEF).values)
-    if "year_effect_std" in post:
-        tau = post["year_effect_std"].transpose("chain", "draw", YEAR).values
-        mean = mean + tau[..., np.asarray(model["year_idx"].get_value())]
-    resid = np.asarray(model["y"].get_value()) - (y_centre + y_scale * mean)
-    n_city = int(city_idx.max()) + 1
-    counts = np.bincount(city_idx, minlength=n_city).astype(float)
-    from .errors import city_sums
-
-    sums, squares = city_sums(resid, city_idx, n_city), city_sums(resid ** 2, city_idx, n_city)
-    ss_within = squares - sums ** 2 / counts
-    s2 = (y_scale * post["sigma_std"].values[..., None]) ** 2
-    return -0.5 * ((counts - 1) * np.log(2 * np.pi * s2) + np.log(counts) + ss_within / s2)
-
-
-def compare_error_structures(honest: tuple[pm.Model, az.InferenceData], iid: tuple[pm.Model, az.InferenceData]
-                             ) -> dict[str, Any]:
-    """Leave-one-city-out PSIS-LOO of the structured column (4) against the iid one, both on each city's
-    density of its within-city contrasts (the structured model's pointwise entries summed per city; the
-    iid model's from ``within_city_loglik_iid``). Returns per model elpd, se, p_loo, the share of Pareto k
-    above 0.7 and the elpd difference to the better one."""
-    import warnings
-
-    from .errors import city_sums
-
-    model, idata = honest
-    city_idx = np.asarray(model["city_idx"].get_value())
-    per_city = {"bayes_table3_col4": city_sums(idata.log_likelihood["nqp"].transpose("chain", "draw", OBS).values,
-                                               city_idx, int(city_idx.max()) + 1),
-                "bayes_table3_col4_iid": within_city_loglik_iid(*iid)}
-    posteriors = {"bayes_table3_col4": idata.posterior, "bayes_table3_col4_iid": iid[1].posterior}
-    out: dict[str, Any] = {}
-    pointwise: dict[str, np.ndarray] = {}
-    for name, ll in per_city.items():
-        data = az.InferenceData(posterior=posteriors[name],
-                                log_likelihood=xr.Dataset({"nqp": (("chain", "draw", CITY), ll)}))
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*(Pareto|shape parameter).*", category=UserWarning)
-            loo = az.loo(data, pointwise=True)
-        k = np.asarray(loo.pareto_k)
-        pointwise[name] = np.asarray(loo.loo_i)
-        out[name] = {"elpd_loo": float(loo.elpd_loo), "se": float(loo.se), "p_loo": float(loo.p_loo),
-                     "share_k_above_0.7": float(np.mean(k > 0.7))}
-    best = max(out, key=lambda m: out[m]["elpd_loo"])
-    for name in list(out):
-        diff = pointwise[name] - pointwise[best]  # paired over the same cities
-        out[name]["elpd_diff"] = float(diff.sum())
-        out[name]["dse"] = float(np.sqrt(len(diff)) * diff.std())
-    out["unit"] = ("leave-one-city-out, density of each city's within-city contrasts (the iid model's draws "
-                   "come from its random-effects likelihood, so its importance weights are approximate)")
-    out["best"] = best
-    return out
-
-
-RE_NOTE = ("Plain random effects (no Mundlak terms) assume the city effects are independent of the "
-           "regressors. Where they correlate (richer cities have both more digital agglomeration and more "
-           "NQP), the random-effects posterior mixes within and between variation and is pulled toward the "
-           "between-city slope, so it is biased against the two-way within estimate; a large |z| here is "
-           "the Hausman contrast, not a sampling failure.")
+def fit_panel(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], settings: SamplerSettings,
+              spec: ModelSpec, oracle: AnalysisResult | None) -> BayesResult:
+    """The panel family's driver for one spec: build, sample (``fit_spec``), then summarise against the
+    oracle; ``meant_to_match`` and the note follow from what the spec rebuilds (``panel_kind``).
+    ``options.prior_predictive`` adds the prior predictive check."""
+    kind = panel_kind(spec)
+    model, idata, pdata = fit_spec(frame, spec, controls, settings, log_likelihood=kind == "honest")
+    extra: dict[str, Any] = {}
+    figures: dict[str, Any] = {}
+    if spec.options.get("prior_predictive"):
+        check = prior_predictive_check(model, pdata, seed=spec.sampler_settings(settings).seed)
+        extra["prior_predictive"] = check.numbers
+        figures["prior_predictive"] = check.figure
+    return finish(spec, model, idata, oracle=oracle, meant_to_match=kind in ("pooled", "city", "twoway"),
+                  agreement_note=MATCH_NOTES[kind], extra=extra, figures=figures, pdata=pdata)
 
 
 def fit_random_effects(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], settings: SamplerSettings,
                        oracle: AnalysisResult | None) -> BayesResult:
     """Column (4) with plain random city effects (no Mundlak terms), compared with two-way FE."""
-    spec = load_spec("bayes_re")
-    model, idata, _ = fit_spec(frame, spec, controls, settings)
-    return finish(spec, model, idata, oracle=oracle, meant_to_match=False, agreement_note=RE_NOTE)
+    return fit_panel(frame, controls, settings, load_spec("bayes_re"), oracle)
 
 
 @dataclass(frozen=True)
@@ -858,118 +913,7 @@ def prior_predictive_check(model: pm.Model, pdata: PanelData, *, seed: int, draw
     return PriorPredictive(numbers=numbers, figure=fig)
 
 
-def fit_likelihoods(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], settings: SamplerSettings
-                    ) -> BayesResult:
-    """The column (4) structure under Normal, Student-t and LogNormal likelihoods: PPC and LOO."""
-    from ..checks import compare, ppc
+__all__ = ["PanelData", "panel_data", "build_panel_model", "fit_spec", "fit_panel", "panel_kind",
+           "city_effects_marginal", "marginal_city_logp", "draw_city_effects", "fit_random_effects",
+           "prior_predictive_check", "finish", "panel_fitted", "prior", "hdi_contains"]
 
-    spec = load_spec("bayes_likelihoods")
-    likelihoods = list(spec.options.get("likelihoods", ["normal", "student_t", "lognormal"]))
-    fits: dict[str, az.InferenceData] = {}
-    pdata = None
-    for lik in likelihoods:
-        model, idata, pdata = fit_spec(frame, spec, controls, settings, likelihood=lik, log_likelihood=True)
-        with model:
-            pm.sample_posterior_predictive(idata, extend_inferencedata=True, random_seed=settings.seed,
-                                           progressbar=False)
-        idata.attrs.update(spec.attrs())
-        idata.attrs["likelihood"] = lik
-        fits[lik] = idata
-    assert pdata is not None
-    table = compare.compare_loo(fits, var_name="nqp")
-    pareto = {lik: compare.pareto_k_counts(fits[lik], "nqp") for lik in likelihoods}
-    figures: dict[str, Any] = {}
-    ppc_numbers: dict[str, Any] = {}
-    year_of_obs = np.asarray(pdata.years)[pdata.year_idx]
-    city_of_obs = np.asarray(pdata.cities)[pdata.city_idx]
-    for lik, idata in fits.items():
-        stats = ppc.test_statistics(idata, "nqp")
-        ppc_numbers[lik] = stats
-        figures[f"ppc_density_{lik}"] = ppc.density_overlay(idata, "nqp", title=f"PPC density ({lik})")
-        figures[f"ppc_stats_{lik}"] = ppc.statistics_figure(idata, "nqp", title=f"PPC statistics ({lik})")
-        figures[f"ppc_year_means_{lik}"] = ppc.group_means_figure(idata, "nqp", year_of_obs, label="year",
-                                                                 title=f"PPC per-year means ({lik})")
-        resid = ppc.residuals_by_group(idata, "nqp", city_of_obs)
-        ppc_numbers[lik]["max_abs_city_residual"] = float(resid["mean_residual"].abs().max())
-        figures[f"ppc_city_residuals_{lik}"] = ppc.residuals_figure(resid, title=f"Mean residual by city ({lik})")
-
-    # The reported posterior: the coefficients of every likelihood side by side in one InferenceData.
-    combined = az.InferenceData(posterior=_stack_likelihoods(fits, ["beta", "sigma", "sigma_city"]),
-                                sample_stats=_stack_stats(fits))
-    combined.attrs.update(spec.attrs())
-    var_names = [str(v) for v in combined.posterior.data_vars]
-    summary = posterior_summary(combined, var_names)
-    diagnostics = diagnose(combined, var_names)
-    best = str(table.index[0])
-    notes = (f"LOO prefers the {best} likelihood (elpd_loo {table.loc[best, 'elpd_loo']:.1f}).",
-             "LogNormal coefficients are semi-elasticities (d log nqp / d x), not comparable in size with "
-             "the Normal and Student-t slopes; all log-likelihoods are densities of nqp itself, so LOO "
-             "compares them on one scale.")
-    return BayesResult(id=spec.id, title=spec.title, idata=combined, summary=summary,
-                       diagnostics=diagnostics, notes=notes,
-                       extra={"compare": _json_table(table), "pareto_k": pareto, "ppc": ppc_numbers,
-                              "likelihoods": likelihoods},
-                       tables={"loo_compare": table}, figures=figures)
-
-
-def _stack_likelihoods(fits: dict[str, az.InferenceData], names: list[str]):
-    """Posterior variables renamed by likelihood ('beta_normal' ...), so one summary shows all."""
-    import xarray as xr
-
-    parts = {}
-    for lik, idata in fits.items():
-        for n in names:
-            if n in idata.posterior:
-                parts[f"{n}_{lik}"] = idata.posterior[n]
-    return xr.Dataset(parts)
-
-
-def _stack_stats(fits: dict[str, az.InferenceData]):
-    """Divergences summed over the likelihoods' fits (each fit has the same chains and draws)."""
-    stats = [f.sample_stats["diverging"] for f in fits.values() if "diverging" in f.sample_stats]
-    out = stats[0].astype(int)
-    for s in stats[1:]:
-        out = out + s.astype(int).values
-    return out.to_dataset(name="diverging")
-
-
-def _json_table(table: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    out = {}
-    for idx, row in table.iterrows():
-        out[str(idx)] = {k: (v if isinstance(v, (str, bool)) else float(v)) for k, v in row.items()
-                         if not isinstance(v, (np.ndarray, list))}
-    return out
-
-
-__all__ = ["PanelData", "panel_data", "build_panel_model", "fit_spec", "city_effects_marginal",
-           "marginal_city_logp", "draw_city_effects", "fit_table3", "fit_random_effects",
-           "fit_likelihoods", "prior_predictive_check", "finish", "prior", "hdi_contains", "simulate_panel"]
-
-
-def simulate_panel(n_city: int = 60, n_year: int = 8, *, seed: int = 0, beta: float = 0.01,
-                   controls: tuple[str, ...] = ("develop", "finance"), control_beta: float = 0.004,
-                   city_corr: float = 0.8, sigma: float = 0.01, sigma_city: float = 0.02,
-                   lognormal: bool = False) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """A (city, year) panel with known truth in which the city effects correlate with the regressors.
-
-    y = 0.15 + beta * agglomeration + control_beta * sum(controls) + u_i + tau_t + e   (Normal), or
-    log y = -3 + ... (LogNormal). Used by the recovery tests and the benchmark.
-    """
-    rng = np.random.default_rng(seed)
-    cities = [f"{110000 + 100 * i:06d}" for i in range(n_city)]
-    years = list(range(2013, 2013 + n_year))
-    u = rng.normal(0.0, 1.0, n_city)
-    tau = rng.normal(0.0, 0.5, n_year)
-    ci = np.repeat(np.arange(n_city), n_year)
-    ti = np.tile(np.arange(n_year), n_city)
-    data: dict[str, np.ndarray] = {}
-    data[AGGLOMERATION] = 0.75 + 0.3 * (city_corr * u[ci] + rng.normal(0, 1, ci.size) + 0.2 * tau[ti])
-    for j, c in enumerate(controls):
-        data[c] = 1.0 + 0.5 * (0.5 * city_corr * u[ci] + rng.normal(0, 1, ci.size) + 0.1 * j * ti)
-    lin = (beta * data[AGGLOMERATION] + control_beta * sum(data[c] for c in controls)
-           + sigma_city * u[ci] + 0.5 * sigma_city * tau[ti] + rng.normal(0, sigma, ci.size))
-    data["nqp"] = np.exp(-3.0 + lin) if lognormal else 0.15 + lin
-    index = pd.MultiIndex.from_arrays([np.asarray(cities)[ci], np.asarray(years)[ti]], names=[CITY, YEAR])
-    truth = {"beta": {AGGLOMERATION: beta, **{c: control_beta for c in controls}}, "sigma": sigma,
-             "sigma_city_scale": sigma_city}
-    return pd.DataFrame(data, index=index), truth

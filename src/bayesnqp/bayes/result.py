@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import arviz as az
 import numpy as np
 import pandas as pd
 
-from ..conventions import CI_KIND, CI_PROB, Diagnostics
-from ..results import TIDY_COLUMNS, json_safe
+from ..conventions import CI_KIND, CI_PROB, Diagnostics, agreement, diagnose, posterior_summary
+from ..results import TIDY_COLUMNS, AnalysisResult, json_safe
+
+if TYPE_CHECKING:
+    from .spec import ModelSpec
 
 _COEF_LABEL = re.compile(r"^beta\[(.+)\]$")
 
@@ -57,6 +62,26 @@ class BayesResult:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     figures: dict[str, Any] = field(default_factory=dict)
     spatial: SpatialFit | None = None
+    # The PyMC model that produced the draws (for the prior-sensitivity check and the model comparisons
+    # that need its data), and the names of its potentials that belong to the likelihood. Not saved.
+    model: Any = field(default=None, repr=False)
+    likelihood_potentials: tuple[str, ...] = ()
+    fitted_values: Callable[[], pd.DataFrame] | None = field(default=None, repr=False)
+    no_fitted_reason: str = "this model family does not define fitted values"
+
+    def fitted(self) -> pd.DataFrame:
+        """Fitted values, one row per observation (the model's mean at each posterior draw, averaged):
+        columns ``fitted`` (posterior mean), ``ci_low`` / ``ci_high`` (HDI of the mean) and ``observed``.
+        Raises ValueError for a model that has no per-observation mean (its reason in the message)."""
+        if self.fitted_values is None:
+            raise ValueError(f"{self.id}: no fitted values: {self.no_fitted_reason}")
+        return self.fitted_values()
+
+    def without_model(self) -> "BayesResult":
+        """The result without its in-memory model (to send to another process or keep many results)."""
+        from dataclasses import replace
+
+        return replace(self, model=None, fitted_values=None)
 
     def tidy(self) -> pd.DataFrame:
         """One row per reported quantity (index ``Coefficient``), columns ``TIDY_COLUMNS``: posterior mean
@@ -86,6 +111,7 @@ class BayesResult:
             "posterior": {str(k): row.to_dict() for k, row in self.summary.iterrows()},
             "diagnostics": self.diagnostics.to_dict(),
             "spec_hash": self.idata.attrs.get("spec_hash"),
+            "fit_hash": self.idata.attrs.get("fit_hash"),
         }
         if "sampler_settings" in self.idata.attrs:  # the draws, tune, chains and seed this fit used
             block["sampler_settings"] = json.loads(self.idata.attrs["sampler_settings"])
@@ -98,3 +124,32 @@ class BayesResult:
         if self.extra:
             block["extra"] = self.extra
         return json_safe(block)
+
+
+def fit_hash(spec_hash: str, sampler_settings: str) -> str:
+    """What identifies a fit: the spec (priors, terms, options) and the sampler settings it ran with
+    (draws, tune, chains, target_accept, seed and sampler)."""
+    return hashlib.sha256(f"{spec_hash}|{sampler_settings}".encode()).hexdigest()[:16]
+
+
+def assemble(spec: "ModelSpec", idata: az.InferenceData, reported: Sequence[str], *,
+             diagnosed: Sequence[str] | None = None, summary: pd.DataFrame | None = None,
+             oracle: AnalysisResult | None = None, terms: dict[str, str] | None = None,
+             agreement_table: pd.DataFrame | None = None, meant_to_match: bool = False,
+             agreement_note: str = "", result_id: str | None = None, title: str | None = None,
+             **fields: Any) -> BayesResult:
+    """The one place a sampled model becomes a ``BayesResult``: the spec and a hash of spec and sampler
+    settings go into ``idata.attrs``; the ``reported`` quantities are summarised (or ``summary`` is taken
+    as given) and ``diagnosed`` (default: the reported ones) diagnosed; the agreement table holds the
+    summary against ``oracle`` on ``terms`` (oracle term -> posterior label), unless a family built its own
+    (``agreement_table``). ``fields``: the remaining ``BayesResult`` fields (notes, extra, tables, ...)."""
+    idata.attrs.update(spec.attrs())
+    idata.attrs["fit_hash"] = fit_hash(spec.spec_hash, str(idata.attrs.get("sampler_settings", "")))
+    summary = posterior_summary(idata, list(reported)) if summary is None else summary
+    diagnostics = diagnose(idata, list(diagnosed if diagnosed is not None else reported))
+    table = agreement_table
+    if table is None and oracle is not None and terms:
+        table = agreement(summary, oracle, terms)
+    return BayesResult(id=result_id or spec.id, title=title or spec.title, idata=idata, summary=summary,
+                       diagnostics=diagnostics, agreement=table, meant_to_match=meant_to_match,
+                       agreement_note=agreement_note if table is not None else "", **fields)

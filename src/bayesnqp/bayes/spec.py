@@ -44,12 +44,13 @@ CityEffect = Literal["none", "random", "mundlak", "fixed", "bym2", "leroux"]
 YearEffect = Literal["none", "zerosum", "fixed"]
 
 _TOP_KEYS = {"id", "title", "builder", "outcome", "terms", "likelihood", "effects", "priors", "sampler",
-             "options", "description"}
+             "options", "description", "oracle"}
 _SAMPLER_KEYS = {"draws", "tune", "chains", "target_accept", "sampler"}
 # The model families and the [options] each one reads; anything else in a spec is an error, so no field
 # is decorative. A value listed as a tuple must be one of those values.
 BUILDER_OPTIONS: dict[str, dict[str, tuple[Any, ...] | None]] = {
-    "panel": {"city_effects": None, "errors": None, "slopes": None, "city_param": None, "likelihoods": None},
+    "panel": {"city_effects": None, "errors": None, "slopes": None, "city_param": None, "likelihoods": None,
+              "slope_groups": ("median_split", "province"), "prior_predictive": (True, False)},
     "iv": {},
     "mediation": {"ppc_draws": None, "sensitivity_step": None, "sensitivity": ("one_at_a_time",)},
     "car": {"mundlak": (True, False), "parametrisation": None},
@@ -70,6 +71,10 @@ class ModelSpec:
     sampler: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    # The frequentist analysis this model is held against ("" for none; a new panel analysis from the
+    # user's folder then gets least squares on its own terms). "{splitter}" / "{indicator}" are filled in
+    # per median split / per indicator.
+    oracle: str = ""
 
     @property
     def spec_hash(self) -> str:
@@ -151,12 +156,15 @@ def parse_spec(raw: dict[str, Any], source: str) -> ModelSpec:
     terms = raw.get("terms", [])
     if not isinstance(terms, list) or not all(isinstance(t, str) for t in terms):
         problems.append(Problem(source, "'terms' must be a list of column names"))
+    if not isinstance(raw.get("oracle", ""), str):
+        problems.append(Problem(source, f"'oracle' must be an analysis id (a string), got {raw['oracle']!r}"))
     if problems:
         raise InputError(problems)
     return ModelSpec(id=raw["id"], title=raw["title"], builder=raw["builder"],
                      outcome=raw.get("outcome", "nqp"), terms=tuple(terms), likelihood=lik,
                      effects=dict(effects), priors=dict(raw.get("priors", {})), sampler=dict(sampler),
-                     options=dict(raw.get("options", {})), description=raw.get("description", ""))
+                     options=dict(raw.get("options", {})), description=raw.get("description", ""),
+                     oracle=raw.get("oracle", ""))
 
 # The [priors] each family reads (by name); a name it does not read (a typo, another family's) is refused.
 BUILDER_PRIORS: dict[str, frozenset[str]] = {
@@ -164,16 +172,13 @@ BUILDER_PRIORS: dict[str, frozenset[str]] = {
                         "phi", "city_scale_sd", "slope_sd"}),
     "iv": frozenset({"beta", "sigma", "corr"}),
     "mediation": frozenset({"a", "b", "c", "loading", "theta", "sigma", "zeta_sd", "zeta_corr"}),
-    "car": frozenset({"alpha", "beta", "delta", "sigma", "sigma_city", "sigma_year", "year", "rho"}),
+    "car": frozenset({"alpha", "beta", "gamma", "sigma", "sigma_city", "sigma_year", "year", "rho"}),
     "sdm": frozenset({"beta", "theta", "sigma", "rho"}),
 }
 
 # The user's model folder for the run under way (``--models``, ``run(models=...)``): a spec there replaces
 # the bundled spec of the same id. A context variable, so a notebook's other runs are not affected.
 _USER_MODELS: ContextVar[Path | None] = ContextVar("user_models", default=None)
-# A new analysis (an id the study does not have) can use this family: it runs beside Table 3 with the
-# frequentist panel regression of the same terms and effects as its oracle.
-NEW_ANALYSIS_BUILDERS = ("panel",)
 
 
 @contextmanager
@@ -212,8 +217,8 @@ def bundled_spec_ids() -> list[str]:
 
 def read_user_models(folder: str | Path) -> list[ModelSpec]:
     """Every spec in the user's folder, checked before anything runs: strict fields, id = file name, the
-    family of a bundled id kept (its stage and oracle are that family's), and a new id only for a family
-    in ``NEW_ANALYSIS_BUILDERS``. Raises InputError naming each file and problem."""
+    family of a bundled id kept (its stage and oracle are that family's), and a new id of any family that
+    the family can build. Raises InputError naming each file and problem."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError([Problem(str(folder), "model folder not found (give a folder of TOML specs)")])
@@ -251,21 +256,21 @@ def _moved_family(path: Path, families: dict[str, str]) -> str | None:
 
 def _user_spec_problems(spec: ModelSpec, families: dict[str, str]) -> list[str]:
     """Why a spec from the user's folder cannot run (``families``: bundled id -> builder)."""
-    member = spec.id.removeprefix("bayes_")
-    if spec.builder == "sdm" and spec.options.get("model", member) != member:
-        return [f"options.model must be '{member}' in {spec.id} (the file name says which model it is)"]
     if spec.id in families:
+        member = spec.id.removeprefix("bayes_")
         if spec.builder != families[spec.id]:
             return [f"'{spec.id}' is a '{families[spec.id]}' analysis; its builder cannot change to '{spec.builder}'"]
+        if spec.builder == "sdm" and spec.options.get("model", member) != member:
+            return [f"options.model must be '{member}' in {spec.id} (the file name says which model it is)"]
         return []
-    if spec.builder not in NEW_ANALYSIS_BUILDERS:
-        same = sorted(i for i, b in families.items() if b == spec.builder)
-        return [f"a new analysis ('{spec.id}' is not one of the study's) must use builder "
-                f"{' or '.join(map(repr, NEW_ANALYSIS_BUILDERS))}; to change a '{spec.builder}' model, name the "
-                f"file after one of {', '.join(same)}"]
     if not spec.id.startswith("bayes_"):
         return [f"a new analysis id must start with 'bayes_', got '{spec.id}'"]
-    return panel_support_problems(spec)
+    if spec.builder == "sdm" and "model" not in spec.options:
+        return [f"a new spatial Durbin-family analysis must say which member it is: options.model = "
+                f"{' | '.join(map(repr, BUILDER_OPTIONS['sdm']['model'] or ()))}"]
+    if spec.builder == "car" and spec.effects.get("city") not in ("bym2", "leroux"):
+        return ["a CAR analysis needs effects.city = 'bym2' or 'leroux'"]
+    return panel_support_problems(spec) if spec.builder == "panel" else []
 
 
 def load_bundled(spec_id: str) -> ModelSpec:

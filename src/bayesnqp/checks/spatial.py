@@ -32,7 +32,9 @@ import xarray as xr
 
 from .. import names
 from ..bayes.result import BayesResult
-from ..bayes.spatial import SDM_KINDS, car_fitted, conditional_loglik, moran_i, panel_arrays, sdm_data, sdm_innovations
+from ..bayes.car import car_fitted
+from ..bayes.sdm import SDM_KINDS, sdm_data, sdm_innovations
+from ..bayes.spatial import conditional_loglik, moran_i, panel_arrays
 from ..conventions import CI_PROB
 from ..data.weights import SpatialWeights
 from ..panelops import within

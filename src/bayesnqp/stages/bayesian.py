@@ -4,12 +4,12 @@ oracle, diagnostics flags, figures and extra tables."""
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ..bayes.result import BayesResult
+from ..bayes.spec import ModelSpec, load_spec
 from ..checks import flags as fl
 from ..checks.agreement import MATCH_TOLERANCE_Z
 from ..checks.diagnostics import CI_PROB
@@ -53,7 +53,7 @@ def render_bayes(ctx: RunContext, section, result: BayesResult) -> None:
         ctx.flag(record, section)
     if HEADLINE.match(result.id):
         prior_sensitivity(ctx, section, result)
-    if result.id == "bayes_likelihoods":
+    if "likelihoods" in result.extra:  # one spec fitted under several likelihoods
         sentence = likelihood_choice(result)
         if sentence:
             report.text(section, sentence)
@@ -170,53 +170,6 @@ def likelihood_choice(result: BayesResult) -> str:
 NONCENTRED_INNOVATIONS = ("city_z", "group_z", "city_scale_z")
 
 
-def rebuild_model(ctx: RunContext, result: BayesResult) -> tuple[Any, tuple[str, ...]]:
-    """The PyMC model that produced a headline result's draws, rebuilt from its spec and the run's data,
-    and the names of its potentials that are likelihood terms. Raises ValueError where it cannot be
-    rebuilt or its spec is not the one the draws came from."""
-    from ..bayes.spec import load_spec
-
-    rid, study = result.id, ctx.study
-    r, frame = study.roles, study.frame
-    controls = list(r.controls)
-    potentials: tuple[str, ...] = ()
-    if rid.startswith("bayes_table3_col"):
-        from ..bayes.panel import build_panel_model, panel_data
-
-        spec = load_spec(rid)
-        pdata = panel_data(frame, spec.outcome, spec.expand_terms(controls))
-        model = build_panel_model(pdata, spec)
-    elif rid.startswith("bayes_groups_"):
-        from ..bayes.groups import median_split
-        from ..bayes.panel import build_panel_model, panel_data
-
-        spec = load_spec("bayes_groups")
-        splitter = str(result.extra.get("splitter", rid.removeprefix("bayes_groups_")))
-        pdata = panel_data(frame, spec.outcome, spec.expand_terms(controls))
-        model = build_panel_model(pdata, spec, slope_groups=median_split(frame, splitter), group_dim="group")
-    elif rid == "bayes_iv":
-        from ..bayes.iv import build_iv_model, iv_data
-
-        if not r.instrument:
-            raise ValueError("no instrument column")
-        spec = load_spec(rid)
-        iv_controls = [c for c in spec.expand_terms(controls) if c != "agglomeration"]
-        model = build_iv_model(iv_data(frame, iv_controls, r.instrument, outcome=spec.outcome), spec)
-        potentials = ("within_df",)  # the degrees-of-freedom correction is part of the likelihood
-    elif rid == "bayes_mediation":
-        from ..bayes.mediation import build_model, prepare_mediation_data
-
-        spec = load_spec(rid)
-        model = build_model(prepare_mediation_data(frame, controls, dict(r.mechanisms)), spec)
-        potentials = ("loglik",)  # the marginal likelihood of the indicators and the outcome
-    else:
-        raise ValueError(f"no rebuild rule for {rid}")
-    fitted = result.idata.attrs.get("spec_hash")
-    if fitted is not None and fitted != spec.spec_hash:
-        raise ValueError(f"the draws come from spec {fitted[:12]}, the rebuilt model from {spec.spec_hash[:12]}")
-    return model, potentials
-
-
 def prior_sensitivity(ctx: RunContext, section, result: BayesResult) -> None:
     """Power-scaling sensitivity of a headline model's reported quantities: a table, a summary.json entry,
     flags where the prior drives a posterior, and, for the mediation model, a sentence on the loadings."""
@@ -224,12 +177,11 @@ def prior_sensitivity(ctx: RunContext, section, result: BayesResult) -> None:
 
     def run() -> None:
         var_names = sorted({str(i).split("[", 1)[0] for i in result.summary.index})
-        try:
-            model, potentials = rebuild_model(ctx, result)
-        except (ValueError, KeyError) as exc:
-            s = unavailable(f"the model could not be rebuilt for the check ({exc})")
+        if result.model is None:
+            s = unavailable("the result does not carry the model that produced its draws")
         else:
-            s = power_scaling(model, result.idata, var_names, likelihood_potentials=potentials,
+            s = power_scaling(result.model, result.idata, var_names,
+                              likelihood_potentials=result.likelihood_potentials,
                               exclude_priors=NONCENTRED_INNOVATIONS)
         ctx.summary["analyses"][result.id]["prior_sensitivity"] = s.block()
         if not s.available:
@@ -257,13 +209,32 @@ def prior_sensitivity(ctx: RunContext, section, result: BayesResult) -> None:
     ctx.guarded(f"{result.id}_prior_sensitivity", run, section)
 
 
-def stage_bayes_panel(ctx: RunContext) -> None:
-    from ..bayes import panel as bp
+def fit_analysis(ctx: RunContext, section, spec: ModelSpec) -> list[BayesResult]:
+    """One spec through its family's driver (``bayes.registry``): skipped with the reason where the study
+    cannot run it, guarded like every analysis; the results are not rendered yet."""
+    from ..bayes import registry
 
-    study, report = ctx.study, ctx.report
-    r, f, s = study.roles, study.frame, ctx.settings
-    controls = list(r.controls)
-    frame = f
+    if not ctx.wants(spec.id):
+        return []
+    reason = registry.unavailable(ctx.study, spec)
+    if reason:
+        ctx.skip(spec.id, reason, section)
+        return []
+    request = registry.FitRequest(ctx.study, spec, ctx.settings, ctx.oracles)
+    return ctx.guarded(spec.id, lambda: registry.fit(request), section) or []
+
+
+def fit_and_render(ctx: RunContext, section, spec_ids: list[str]) -> list[BayesResult]:
+    results = [r for i in spec_ids for r in fit_analysis(ctx, section, load_spec(i))]
+    for result in results:
+        render_bayes(ctx, section, result)
+    return results
+
+
+def stage_bayes_panel(ctx: RunContext) -> None:
+    from ..bayes.table3 import attach_error_structure_loo
+
+    report = ctx.report
     sec = report.section("bayes_table3", "Table 3 rebuilt: Bayesian hierarchical models")
     report.text(sec, "Weakly informative priors on the standardised scale (regressors and outcome standardised "
                      "inside each model; coefficients reported on the original scale). Column (4) comes twice: "
@@ -272,98 +243,57 @@ def stage_bayes_panel(ctx: RunContext) -> None:
                      "error structure; bayes_table3_col4_iid keeps iid errors with the city effects in "
                      "correlated-random-effects (Mundlak) form, so its posterior reproduces the two-way within "
                      "estimator; bayes_re drops the Mundlak terms to show what they change.")
-    columns = tuple(c for c in (1, 2, 3, 4) if ctx.wants(f"bayes_table3_col{c}"))
-    res = ctx.guarded("bayes_table3", lambda: bp.fit_table3(frame, controls, s, ctx.oracles, columns=columns), sec)
-    for x in res or []:
-        render_bayes(ctx, sec, x)
-    x = ctx.guarded("bayes_re", lambda: bp.fit_random_effects(frame, controls, s, ctx.oracles.get("table3_col4")),
-                    sec)
-    if x:
-        render_bayes(ctx, sec, x)
+    table3 = [r for i in TABLE3_IDS for r in fit_analysis(ctx, sec, load_spec(i))]
+    attach_error_structure_loo(table3)  # the two column (4) models compared, before either is rendered
+    for result in table3:
+        render_bayes(ctx, sec, result)
+    fit_and_render(ctx, sec, ["bayes_re"])
     sec = report.section("bayes_likelihoods", "Which likelihood fits: posterior predictive checks and LOO")
-    x = ctx.guarded("bayes_likelihoods", lambda: bp.fit_likelihoods(frame, controls, s), sec)
-    if x:
-        render_bayes(ctx, sec, x)
+    fit_and_render(ctx, sec, ["bayes_likelihoods"])
+
+
+TABLE3_IDS = ("bayes_table3_col1", "bayes_table3_col2", "bayes_table3_col3", "bayes_table3_col4",
+              "bayes_table3_col4_iid")
 
 
 def stage_user_models(ctx: RunContext) -> None:
-    """New analyses from the user's model folder (``--models``): each a panel-family spec, fitted beside
-    Table 3 and held against least squares with the same terms and fixed effects (oracle id: the spec id
-    without ``bayes_``, plus ``_ls``)."""
-    from ..bayes import panel as bp
+    """New analyses from the user's model folder (``--models``), of any family, each through its family's
+    driver. A panel spec that names no oracle is held against least squares with the same terms and
+    fixed effects (oracle id: the spec id without ``bayes_``, plus ``_ls``)."""
+    from ..bayes.registry import oracle_id
     from ..frequentist.panel import fit_panel
 
     study, report = ctx.study, ctx.report
-    controls = list(study.roles.controls)
     sec = report.section("user_models", "Your models (from the model folder)")
-    report.text(sec, "Each model below comes from a spec in the model folder given to this run. Its frequentist "
-                     "oracle is least squares on the same terms, with city fixed effects where the spec has "
-                     "city effects and year fixed effects where it has year effects (city-clustered SEs).")
+    report.text(sec, "Each model below comes from a spec in the model folder given to this run, fitted by its "
+                     "family's driver. A spec's 'oracle' names the frequentist result it is held against; a panel "
+                     "spec that names none is compared with least squares on the same terms, with city fixed "
+                     "effects where the spec has city effects and year fixed effects where it has year effects "
+                     "(city-clustered SEs).")
     for spec in ctx.user_specs:
-        def one(spec=spec) -> BayesResult:
-            terms = spec.expand_terms(controls)
-            city = spec.effects.get("city", "none") != "none"
-            year = spec.effects.get("year", "none") != "none"
-            oracle = fit_panel(study.frame, spec.outcome, terms, city_fe=city, year_fe=year, se="cluster",
-                               id=spec.id.removeprefix("bayes_") + "_ls", title=f"{spec.title} (least squares)",
-                               key_term=terms[0])
-            ctx.add_oracle(oracle)
-            model, idata, _ = bp.fit_spec(study.frame, spec, controls, ctx.settings)
-            # The posterior reproduces least squares (under weak priors) only with Normal iid errors, no city
-            # effects or Mundlak ones (random effects shrink), and year effects of fixed prior scale.
-            matches = (spec.likelihood == "normal" and not spec.options.get("errors")
-                       and spec.effects.get("city", "none") in ("none", "mundlak")
-                       and spec.effects.get("year", "none") in ("none", "zerosum", "fixed"))
-            return bp.finish(spec, model, idata, oracle=oracle, meant_to_match=matches,
-                             agreement_note=("Your model: compared with least squares on the same terms and "
-                                             "effects" + ("" if matches else "; not meant to reproduce it "
-                                                          "(its likelihood, errors or effects differ)") + "."))
-        result = ctx.guarded(spec.id, one, sec)
-        if result is not None:
+        if spec.builder == "panel" and not spec.oracle:
+            def least_squares(spec=spec) -> bool:
+                terms = spec.expand_terms(list(study.roles.controls))
+                ctx.add_oracle(fit_panel(study.frame, spec.outcome, terms, se="cluster",
+                                         city_fe=spec.effects.get("city", "none") != "none",
+                                         year_fe=spec.effects.get("year", "none") != "none",
+                                         id=oracle_id(spec), title=f"{spec.title} (least squares)",
+                                         key_term=terms[0]))
+                return True
+            if not ctx.guarded(spec.id, least_squares, sec):  # not selected, or it failed (recorded)
+                continue
+        for result in fit_analysis(ctx, sec, spec):
             render_bayes(ctx, sec, result)
 
 
 def stage_bayes_groups(ctx: RunContext) -> None:
-    from ..bayes.groups import fit_groups, fit_province_slopes
-
-    study, report = ctx.study, ctx.report
-    r, f, s = study.roles, study.frame, ctx.settings
-    controls = list(r.controls)
-    sec = report.section("bayes_groups", "Group-specific effects: partially pooled slopes")
-    if r.splitters:
-        res = ctx.guarded("bayes_groups", lambda: fit_groups(f, controls, list(r.splitters), s, ctx.oracles), sec)
-        for x in res or []:
-            render_bayes(ctx, sec, x)
-    else:
-        ctx.skip("bayes_groups", "group-specific slopes skipped: no splitter columns", sec)
-    if study.provinces is not None:
-        from ..data.geography import load_geography
-
-        geo = load_geography().cities  # plot fonts may lack CJK glyphs: label provinces in pinyin
-        labels = dict(zip(geo["province"], geo["province_pinyin"]))
-        x = ctx.guarded("bayes_province_slopes",
-                        lambda: fit_province_slopes(f, controls, study.provinces, s, labels=labels), sec)
-        if x:
-            render_bayes(ctx, sec, x)
-    else:
-        ctx.skip("bayes_province_slopes", "province-varying slopes skipped: the regions are not the bundled "
-                                          "280 cities, so their provinces are unknown", sec)
+    sec = ctx.report.section("bayes_groups", "Group-specific effects: partially pooled slopes")
+    fit_and_render(ctx, sec, ["bayes_groups", "bayes_province_slopes"])
 
 
 def stage_bayes_iv(ctx: RunContext) -> None:
-    from ..bayes.iv import fit_iv
-
-    study, report = ctx.study, ctx.report
-    r = study.roles
-    sec = report.section("bayes_iv", "Bayesian instrumental variables")
-    if not r.instrument:
-        ctx.skip("bayes_iv", "Bayesian IV skipped: no distance column", sec)
-        return
-    instrument = r.instrument
-    x = ctx.guarded("bayes_iv", lambda: fit_iv(study.frame, list(r.controls), instrument, ctx.settings,
-                                                ctx.oracles.get("iv_2sls_trend")), sec)
-    if x:
-        render_bayes(ctx, sec, x)
+    sec = ctx.report.section("bayes_iv", "Bayesian instrumental variables")
+    fit_and_render(ctx, sec, ["bayes_iv"])
 
 
 def stage_agreement(ctx: RunContext) -> None:
@@ -388,20 +318,11 @@ def stage_agreement(ctx: RunContext) -> None:
 
 
 def stage_bayes_mediation(ctx: RunContext) -> None:
-    from ..bayes.mediation import fit_mediation
-
-    study = ctx.study
-    r = study.roles
     sec = ctx.report.section("bayes_mediation", "Mechanisms as latent mediators (Bayesian)")
-    if len(r.mechanisms) == 0:
-        ctx.skip("bayes_mediation", "latent mediator model skipped: no mechanism indicators", sec)
-        return
-    ctx.report.text(sec, "What the panel identifies and what it assumes: the agglomeration -> mechanism links "
-                         "(a_k) are identified by the two-way panel like the baseline; the mechanism -> outcome "
-                         "links (b_k), and so the indirect effects a_k b_k, rest on the assumption that nothing "
-                         "unobserved drives both a mechanism and NQP (Jiang Ting 2022). The sensitivity analysis "
-                         "below shows how far that assumption carries them.")
-    x = ctx.guarded("bayes_mediation", lambda: fit_mediation(study.frame, list(r.controls),
-                                                              dict(r.mechanisms), ctx.settings, ctx.oracles), sec)
-    if x:
-        render_bayes(ctx, sec, x)
+    if ctx.study.roles.mechanisms:
+        ctx.report.text(sec, "What the panel identifies and what it assumes: the agglomeration -> mechanism "
+                             "links (a_k) are identified by the two-way panel like the baseline; the mechanism -> "
+                             "outcome links (b_k), and so the indirect effects a_k b_k, rest on the assumption that "
+                             "nothing unobserved drives both a mechanism and NQP (Jiang Ting 2022). The "
+                             "sensitivity analysis below shows how far that assumption carries them.")
+    fit_and_render(ctx, sec, ["bayes_mediation"])

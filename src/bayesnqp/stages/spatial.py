@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 
 import pandas as pd
 
@@ -117,11 +116,16 @@ def moran_ppc_flags(table: pd.DataFrame) -> list[Flag]:
     return out
 
 
+SPATIAL_LABELS = {"bayes_car": "car", "bayes_car_leroux": "leroux", "bayes_sdm": "sdm", "bayes_sar": "sar",
+                  "bayes_sem": "sem", "bayes_slx": "slx"}
+SPATIAL_IDS = tuple(SPATIAL_LABELS)
+
+
 def stage_spatial_bayes(ctx: RunContext) -> None:
-    from ..bayes.spatial import fit_car, fit_sdm
+    from ..bayes.spec import load_spec
     from ..checks.spatial import ppc_moran, spatial_compare
     from ..report.maps import map_pair
-    from .bayesian import render_bayes
+    from .bayesian import fit_analysis, render_bayes
 
     study, report = ctx.study, ctx.report
     sec = report.section("bayes_spatial", "Spatial models rebuilt: CAR city effects and a Bayesian spatial Durbin model")
@@ -132,28 +136,17 @@ def stage_spatial_bayes(ctx: RunContext) -> None:
     frame = study.frame
     controls = list(r.controls)
     maps = _maps_available(w)
-    fits = {}
-    car = ctx.guarded("bayes_car", lambda: fit_car(frame, controls, w, s, ctx.oracles.get("table3_col4")), sec)
-    if car:
-        render_bayes(ctx, sec, car)
-        fits["car"] = car
-        if maps and "city_effects" in car.tables:
-            t = car.tables["city_effects"]
+    fitted = {res.id: res for i in SPATIAL_IDS for res in fit_analysis(ctx, sec, load_spec(i))}
+    for result in fitted.values():
+        render_bayes(ctx, sec, result)
+        if result.id == "bayes_car" and maps and "city_effects" in result.tables:
+            t = result.tables["city_effects"]
             report.figure(sec, "map_car_city_effects",
                           map_pair(t["mean"], t["ci_width"], "BYM2 city effects (standardised scale)",
                                    "city effect", effect=True),
                           "Spatial city effects: posterior mean (left) and 94% interval width (right)")
-    leroux = ctx.guarded("bayes_car_leroux", lambda: fit_car(frame, controls, w, s, ctx.oracles.get("table3_col4"),
-                                                             kind="leroux"), sec)
-    if leroux:
-        render_bayes(ctx, sec, leroux)
-        fits["leroux"] = leroux
-    for model in ("sdm", "sar", "sem", "slx"):
-        oracle = ctx.oracles.get({"sdm": "sdm_ml", "sar": "sar_ml", "sem": "sem_ml", "slx": "slx_ols"}[model])
-        x = ctx.guarded(f"bayes_{model}", functools.partial(fit_sdm, frame, controls, w, s, oracle, model=model), sec)
-        if x:
-            render_bayes(ctx, sec, x)
-            fits[model] = x
+    # the checks below label each model by its member of the family ("car", "leroux", "sdm", ...)
+    fits = {SPATIAL_LABELS[rid]: r for rid, r in fitted.items()}
     report.end_group(sec)  # what follows belongs to the section, not to the last model
     sdm = fits.get("sdm")
     if sdm is not None:
@@ -187,11 +180,11 @@ def stage_spatial_bayes(ctx: RunContext) -> None:
                                   "mean and 94% interval width")
     if fits:
         checked = dict(fits)
-        fitted = {}
+        two_way = {}
         if "bayes_table3_col4" in ctx.bayes and study.balanced:
             checked = {"two-way (non-spatial)": ctx.bayes["bayes_table3_col4"], **fits}
-            fitted["two-way (non-spatial)"] = two_way_fitted(frame, w, [r.treatment, *controls])
-        ppc = ctx.guarded("ppc_moran", lambda: ppc_moran(checked, w, frame, seed=s.seed, fitted=fitted), sec)
+            two_way["two-way (non-spatial)"] = two_way_fitted(frame, w, [r.treatment, *controls])
+        ppc = ctx.guarded("ppc_moran", lambda: ppc_moran(checked, w, frame, seed=s.seed, fitted=two_way), sec)
         if ppc:
             report.table(sec, "ppc_moran", ppc["table"], "Residual Moran's I per year as a posterior predictive check")
             report.figure(sec, "ppc_moran", ppc["figure"], "Residual Moran's I: posterior vs replicated")
