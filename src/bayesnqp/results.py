@@ -65,6 +65,8 @@ class AnalysisResult:
     notes: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # extra tables (first stage, effects)
+    # (city, year) rows: the model's fitted values (fixed effects included) and the observed outcome
+    fitted_values: pd.DataFrame | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         missing = [c for c in COEF_COLUMNS if c not in self.coefs.columns]
@@ -83,6 +85,14 @@ class AnalysisResult:
     @property
     def agreement(self) -> None:
         return None
+
+    def fitted(self) -> pd.DataFrame:
+        """Fitted values (fixed effects included), one row per observation: columns ``fitted`` and
+        ``observed``. Raises ValueError for a result that keeps none (only the panel regressions do)."""
+        if self.fitted_values is None:
+            raise ValueError(f"{self.id}: no fitted values kept (the panel regressions keep them; this "
+                             "estimator's are not per observation of the outcome in its units)")
+        return self.fitted_values
 
     def tidy(self) -> pd.DataFrame:
         """One row per term (index ``Coefficient``), columns ``TIDY_COLUMNS``; the interval is the 95% CI."""

@@ -52,7 +52,7 @@ BUILDER_OPTIONS: dict[str, dict[str, tuple[Any, ...] | None]] = {
     "panel": {"city_effects": None, "errors": None, "slopes": None, "city_param": None, "likelihoods": None,
               "slope_groups": ("median_split", "province"), "prior_predictive": (True, False)},
     "iv": {},
-    "mediation": {"ppc_draws": None, "sensitivity_step": None, "sensitivity": ("one_at_a_time",)},
+    "mediation": {"ppc_draws": None, "sensitivity_step": None},
     "car": {"mundlak": (True, False), "parametrisation": None},
     "sdm": {"model": ("sdm", "sar", "sem", "slx"), "likelihood_form": None},
 }

@@ -236,7 +236,17 @@ def fit_panel(frame: pd.DataFrame, outcome: str, regressors: Sequence[str], *, c
     r2_note = ("R2: within R2 for fixed-effects columns (r2_full and r2_overall in extra)",) if has_fe else ()
     return AnalysisResult(id=id, title=title, coefs=coefs, n_obs=int(fit._N),
                           se_type=se, r2=r2, fixed_effects=fe_names(city_fe, year_fe), key_term=key_term,
-                          dep_var=outcome, notes=(*note_const, *r2_note, *notes), extra=info)
+                          dep_var=outcome, notes=(*note_const, *r2_note, *notes), extra=info,
+                          fitted_values=fitted_frame(fit, data, y))
+
+
+def fitted_frame(fit: Any, data: pd.DataFrame, y: str) -> pd.DataFrame:
+    """The rows pyfixest used, by (city, year): fitted values (fixed effects included) and the outcome."""
+    dropped = sorted(getattr(fit, "_na_index", ()) or ())
+    used = data.drop(index=data.index[dropped]) if dropped else data
+    index = pd.MultiIndex.from_arrays([used[_CITY].to_numpy(), used[_YEAR].to_numpy()], names=[names.CITY, names.YEAR])
+    return pd.DataFrame({"fitted": np.asarray(fit.predict(), dtype=float), "observed": used[y].to_numpy(float)},
+                        index=index)
 
 
 # --------------------------------------------------------------------------------------------------
