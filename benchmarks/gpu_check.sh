@@ -43,12 +43,13 @@ sampler, platform, out = sys.argv[1:4]
 t0 = time.perf_counter()
 import numpy as np
 
+from bayesnqp import simulate
 from bayesnqp.bayes import panel, sampling
 from bayesnqp.bayes.sampling import SamplerSettings
 from bayesnqp.bayes.spec import load_spec
 
 env = {k: int(os.environ[k]) for k in ("CITIES", "YEARS", "DRAWS", "TUNE", "CHAINS", "SEED")}
-frame, truth = panel.simulate_panel(env["CITIES"], env["YEARS"], seed=1)
+frame, truth = simulate.simulate_panel(env["CITIES"], env["YEARS"], seed=1)
 spec = load_spec("bayes_table3_col4_iid")
 controls = ("develop", "finance")
 settings = SamplerSettings(draws=env["DRAWS"], tune=env["TUNE"], chains=env["CHAINS"], seed=env["SEED"],

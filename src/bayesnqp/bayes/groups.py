@@ -4,7 +4,7 @@ splitter) and province-varying slopes, both partially pooled.
 Slopes: beta_g ~ Normal(group_mean, group_sd) on the within-city deviation of agglomeration (dims
 ``group`` / ``province``); the other regressors keep common slopes, the city effects stay in Mundlak form
 and the year effects zero-sum of fixed scale. Parameterisation (``options.slopes = "auto"``, chosen
-from a least-squares pre-fit, see panel.choose_slope_param): when the group slopes differ by more than
+from a least-squares pre-fit, see panel_data.choose_slope_param): when the group slopes differ by more than
 their noise, the group mean is integrated out while sampling (slopes ~ MVN(0, group_sd^2 I + s^2 J)) and
 drawn afterwards from its exact conditional, because the sampled mean forms a ridge (non-centred) or a
 funnel (centred) with informative groups; measured on the demo this lifted the minimum ESS of the
