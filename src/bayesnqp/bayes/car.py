@@ -279,37 +279,12 @@ def build_car_model(frame: pd.DataFrame, controls: list[str] | tuple[str, ...], 
         xbar = xd.mean(axis=1)
         level = alpha + pt.dot(xbar, beta_s)
         if mundlak:
-            delta = pm.Normal("gamma", 0.0, prior_param(spec, "gamma", 1.0), dims=names.COEF)
-            level = level + pt.dot(xbar, delta)
+            gamma = pm.Normal("gamma", 0.0, prior_param(spec, "gamma", 1.0), dims=names.COEF)
+            level = level + pt.dot(xbar, gamma)
         if kind == "bym2":
-            scale = bym2_scaling_factors(weights)
-            island = weights.n_neighbors == 0
-            rho_a = prior_param(spec, "rho", 1.0, key="alpha")
-            rho_b = prior_param(spec, "rho", 1.0, key="beta")
-            sigma_city = pm.HalfNormal("sigma_city_std", prior_param(spec, "sigma_city", 1.0))
-            pm.Deterministic("sigma_city", sigma_city * y_sd)
-            rho = pm.Beta("rho", rho_a, rho_b)
-            comp = weights.components
-            sizes = np.bincount(comp, minlength=weights.n_components).astype(float)
-            # islands: no structured part, the whole (unit-variance) effect is unstructured
-            struct_w = pt.where(island, 0.0, pt.sqrt(rho / scale))
-            unstruct_w = pt.where(island, 1.0, pt.sqrt(1.0 - rho))
-            if centred:
-                # centred and marginal: the city level c = level + b, b ~ N(0, sigma^2 (rho/s Q^+ +
-                # (1 - rho) I)) evaluated in the Laplacian's eigenbasis (computed once); no latent ICAR field
-                c = _bym2_spectral_dist("city_level_std", sigma_city, rho, weights, scale, names.CITY, loc=level)
-                b = c - level
-            else:
-                v = pm.Normal("u_unstruct", 0.0, 1.0, dims=names.CITY)
-                u_raw = _icar_dist("u_raw", weights, names.CITY)
-                u = u_raw - (pt.zeros(weights.n_components)[comp].inc(u_raw) / sizes)[comp]
-                b = sigma_city * (struct_w * u + unstruct_w * v)
+            c, b = _bym2_city_level(spec, weights, level, y_sd, centred)
         elif kind == "leroux":
-            sigma_city = pm.HalfNormal("sigma_city_std", prior_param(spec, "sigma_city", 1.0))
-            pm.Deterministic("sigma_city", sigma_city * y_sd)
-            lam = pm.Uniform("rho", 0.0, 1.0)
-            c = _leroux_dist("city_level_std", lam, sigma_city, weights, names.CITY, loc=level)
-            b = c - level
+            c, b = _leroux_city_level(spec, weights, level, y_sd)
         else:
             raise ValueError(f"kind must be 'bym2' or 'leroux', got {kind!r}")
         if centred or kind == "leroux":
@@ -322,17 +297,53 @@ def build_car_model(frame: pd.DataFrame, controls: list[str] | tuple[str, ...], 
         if mundlak:
             # targets the two-way FE estimate: year effects of fixed scale (the Bayesian year dummies); a
             # hierarchical sd would shrink them and move beta off the two-way estimate
-            gamma = pm.ZeroSumNormal("year_effect_std", sigma=prior_param(spec, "year", 1.0), dims=names.YEAR)
+            year = pm.ZeroSumNormal("year_effect_std", sigma=prior_param(spec, "year", 1.0), dims=names.YEAR)
         else:
             sigma_year = pm.HalfNormal("sigma_year", prior_param(spec, "sigma_year", 1.0))
-            gamma = pm.ZeroSumNormal("year_effect_std", sigma=sigma_year, dims=names.YEAR)
-        mu = mu + gamma[None, :]
+            year = pm.ZeroSumNormal("year_effect_std", sigma=sigma_year, dims=names.YEAR)
+        mu = mu + year[None, :]
         pm.Deterministic("city_effect", b * y_sd, dims=names.CITY)
-        pm.Deterministic("year_effect", gamma * y_sd, dims=names.YEAR)
+        pm.Deterministic("year_effect", year * y_sd, dims=names.YEAR)
         sigma = pm.HalfNormal("sigma_std", prior_param(spec, "sigma", 1.0))
         pm.Deterministic("sigma", sigma * y_sd)
         pm.Normal(spec.outcome, mu, sigma, observed=ys, dims=(names.CITY, names.YEAR))
     return model
+
+
+def _bym2_city_level(spec: ModelSpec, weights: SpatialWeights, level: Any, y_sd: Any, centred: bool
+                     ) -> tuple[Any, Any]:
+    """BYM2 city effects b around the city-level predictor: (c = level + b, b), centred (spectral, the ICAR
+    part integrated out; c is the sampled variable) or non-centred (edge-list ICAR plus iid part)."""
+    scale = bym2_scaling_factors(weights)
+    island = weights.n_neighbors == 0
+    rho_a = prior_param(spec, "rho", 1.0, key="alpha")
+    rho_b = prior_param(spec, "rho", 1.0, key="beta")
+    sigma_city = pm.HalfNormal("sigma_city_std", prior_param(spec, "sigma_city", 1.0))
+    pm.Deterministic("sigma_city", sigma_city * y_sd)
+    rho = pm.Beta("rho", rho_a, rho_b)
+    comp = weights.components
+    sizes = np.bincount(comp, minlength=weights.n_components).astype(float)
+    # islands: no structured part, the whole (unit-variance) effect is unstructured
+    struct_w = pt.where(island, 0.0, pt.sqrt(rho / scale))
+    unstruct_w = pt.where(island, 1.0, pt.sqrt(1.0 - rho))
+    if centred:
+        # centred and marginal: the city level c = level + b, b ~ N(0, sigma^2 (rho/s Q^+ +
+        # (1 - rho) I)) evaluated in the Laplacian's eigenbasis (computed once); no latent ICAR field
+        c = _bym2_spectral_dist("city_level_std", sigma_city, rho, weights, scale, names.CITY, loc=level)
+        return c, c - level
+    v = pm.Normal("u_unstruct", 0.0, 1.0, dims=names.CITY)
+    u_raw = _icar_dist("u_raw", weights, names.CITY)
+    u = u_raw - (pt.zeros(weights.n_components)[comp].inc(u_raw) / sizes)[comp]
+    return None, sigma_city * (struct_w * u + unstruct_w * v)
+
+
+def _leroux_city_level(spec: ModelSpec, weights: SpatialWeights, level: Any, y_sd: Any) -> tuple[Any, Any]:
+    """Leroux city effects, centred on the city-level predictor: (c = level + b, b)."""
+    sigma_city = pm.HalfNormal("sigma_city_std", prior_param(spec, "sigma_city", 1.0))
+    pm.Deterministic("sigma_city", sigma_city * y_sd)
+    lam = pm.Uniform("rho", 0.0, 1.0)
+    c = _leroux_dist("city_level_std", lam, sigma_city, weights, names.CITY, loc=level)
+    return c, c - level
 
 
 def car_fit_info(frame: pd.DataFrame, controls: list[str] | tuple[str, ...], weights: SpatialWeights,

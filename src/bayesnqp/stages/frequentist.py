@@ -76,10 +76,20 @@ def _skip_reason(ctx: RunContext, analysis_id: str, default: str) -> str:
 
 
 def stage_frequentist(ctx: RunContext) -> None:
+    """The oracles, one report section each: Table 3, IV and sensitivity, robustness, mechanisms,
+    median splits, and the city-level Bayesian bootstrap of every fixed-effects oracle."""
+    _table3_section(ctx)
+    _iv_section(ctx)
+    _robustness_section(ctx)
+    _mechanisms_section(ctx)
+    _heterogeneity_section(ctx)
+    _bootstrap_section(ctx)
+
+
+def _table3_section(ctx: RunContext) -> None:
     study, report = ctx.study, ctx.report
     r = study.roles
-    lab = report.labels
-    paper = lab.paper
+    paper = report.labels.paper
     f, se, controls = study.frame, study.config.se, list(r.controls)
     outcome, treatment = r.outcome, r.treatment
 
@@ -95,6 +105,14 @@ def stage_frequentist(ctx: RunContext) -> None:
         if paper:
             report.text(sec, "Paper, column (4): agglomeration 0.0100*** (0.0010), R2 0.3664. The paper does not "
                              "say which standard errors it used; these are as the note under the table says.")
+
+
+def _iv_section(ctx: RunContext) -> None:
+    study, report = ctx.study, ctx.report
+    r = study.roles
+    paper = report.labels.paper
+    f, se, controls = study.frame, study.config.se, list(r.controls)
+    outcome, treatment = r.outcome, r.treatment
 
     sec = report.section("iv", "Endogeneity: instrumental variables and sensitivity")
     if r.instrument:
@@ -129,6 +147,13 @@ def stage_frequentist(ctx: RunContext) -> None:
                              "and outcome).")
             report.text(sec, sentence)
 
+
+def _robustness_section(ctx: RunContext) -> None:
+    study, report = ctx.study, ctx.report
+    r = study.roles
+    f, se, controls = study.frame, study.config.se, list(r.controls)
+    outcome, treatment = r.outcome, r.treatment
+
     sec = report.section("robustness", "Robustness of the two-way FE estimate")
     # dropping the four municipalities means something only where they are in the data
     has_municipalities = bool(set(names.MUNICIPALITY_ADCODES) & set(study.cities))
@@ -144,6 +169,14 @@ def stage_frequentist(ctx: RunContext) -> None:
                         caption="; ".join(checks)[:1].upper() + "; ".join(checks)[1:])
     _notes(ctx, sec, res)
 
+
+def _mechanisms_section(ctx: RunContext) -> None:
+    study, report = ctx.study, ctx.report
+    r = study.roles
+    paper = report.labels.paper
+    f, se, controls = study.frame, study.config.se, list(r.controls)
+    treatment = r.treatment
+
     sec = report.section("mechanisms", "Mechanisms (the paper's Table 4), frequentist" if paper
                          else "Mechanisms, frequentist")
     indicators = [c for pair in r.mechanisms.values() for c in pair]
@@ -156,6 +189,13 @@ def stage_frequentist(ctx: RunContext) -> None:
     else:
         ctx.skip("table4", "mechanism regressions skipped: no mechanism indicators in the data", sec)
 
+
+def _heterogeneity_section(ctx: RunContext) -> None:
+    study, report = ctx.study, ctx.report
+    r = study.roles
+    f, se, controls = study.frame, study.config.se, list(r.controls)
+    outcome, treatment = r.outcome, r.treatment
+
     sec = report.section("heterogeneity", "Heterogeneity: median splits, frequentist")
     if r.splitters:
         res = _oracle_table(ctx, sec, "heterogeneity",
@@ -167,7 +207,6 @@ def stage_frequentist(ctx: RunContext) -> None:
             report.text(sec, " ".join(res[0].notes))
     else:
         ctx.skip("heterogeneity", "heterogeneity skipped: no splitter columns", sec)
-    _bootstrap_section(ctx)
 
 
 def bootstrap_table(oracles: dict[str, AnalysisResult]) -> pd.DataFrame:
