@@ -20,6 +20,7 @@ from bayesnqp.bayes.sampling import SamplerSettings
 from bayesnqp.bayes.spec import load_spec
 from bayesnqp.checks import spatial as C
 from bayesnqp.checks.diagnostics import diagnose
+from bayesnqp.conventions import CI_PROB, hdi_bounds
 from bayesnqp.errors import InputError
 from bayesnqp.results import AnalysisResult, coef_frame
 from test_spatial_effects import make_graph, real_weights
@@ -407,6 +408,20 @@ def test_ppc_moran_flags_the_non_spatial_model(sdm_case, car_case):
     wc, frame_c, _, car = car_case
     out = C.ppc_moran({"car": car}, wc, frame_c, n_draws=50)
     assert np.isfinite(out["table"]["moran_i"]).all()
+
+
+def test_ppc_moran_interval_is_the_hdi():
+    """ppc_moran's interval is the report's one convention: the CI_PROB HDI of the draws of I per year."""
+    w = make_graph()
+    frame = simulate(w, t=4, seed=3)
+    res = _nonspatial_result(frame, w, draws=200)
+    out = C.ppc_moran({"twfe": res}, w, frame, n_draws=100, seed=5)
+    resid, _, _ = C.residual_draws(res, w, frame, 100, 5)  # the same draws ppc_moran takes
+    low, high = hdi_bounds(C.moran_i(resid, w))
+    tab = out["table"].loc["twfe"]
+    np.testing.assert_array_equal(tab["ci_low"].to_numpy(), low)
+    np.testing.assert_array_equal(tab["ci_high"].to_numpy(), high)
+    assert f"{int(CI_PROB * 100)}% HDI" in out["figure"].axes[0].get_title()
 
 
 @pytest.mark.recovery

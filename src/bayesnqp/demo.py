@@ -288,43 +288,89 @@ def generate_demo(seed: int = DEFAULT_SEED, geography: Any = None) -> DemoData:
     dist_hangzhou_km) and ``.weights`` (SpatialWeights); default ``load_geography()``.
     """
     geo = _load_geo(geography)
+    # One generator, drawn from step by step in the order of the module notes (1-6): the steps must run
+    # in this order, or the bundled file changes.
     rng = np.random.default_rng(seed)
-    p = PARAMS
+    s = _setting(geo)
+    d = _development(s, rng)
+    total, digital, lq_arr = _employment(s, d, rng)
+    controls = _controls(s, d, rng)
+    split = _splitters(s, d, rng)
+    slope_mult = _slope_multiplier(split)
+    eta, mech_cols = _mechanisms(s, d, lq_arr, controls, rng)
+    y, mu, nu, slope_i = _latent_nqp(s, d, lq_arr, controls, eta, slope_mult, rng)
+    # step 6: each indicator's multiplicative noise (a city effect, then city-year noise), then y -> indicators
+    pi = PARAMS["indicators"]
+    noise = {name: np.exp(pi["spec"][name]["city_sd"] * rng.standard_normal((s.n, 1))
+                          + pi["spec"][name]["noise_sd"] * rng.standard_normal((s.n, s.t_len)))
+             for name in NQP_INDICATOR_NAMES}
+    raw = _indicators(y, noise, rounded=True)
+    panel = _panel(s, raw, digital, total, controls, mech_cols, split)
+
+    latent = {"y": y, "noise": noise, "w": s.wd, "slope_i": slope_i, "lq": lq_arr, "eta": eta,
+              "slope_mult": slope_mult, "mu": mu, "nu": nu, "d": d}
+    truth = _truth(seed, panel, latent, geo)
+    public = {"y": y, **{f"eta_{k}": v for k, v in eta.items()}, "mu": mu, "nu": nu, "slope": slope_i}
+    return DemoData(panel=panel, truth=truth, latent=public)
+
+
+@dataclass(frozen=True)
+class _Setting:
+    """What every generating step shares: the cities and years, and arrays derived from the geography."""
+
+    ids: tuple[str, ...]
+    cities: pd.DataFrame
+    n: int
+    t_len: int
+    tc: np.ndarray  # centred year, 2013 -> -4.5
+    w: sp.csr_array  # row-standardised contiguity
+    wd: np.ndarray  # the same, dense
+    dist: np.ndarray  # km to Hangzhou
+    lon: np.ndarray
+    capital: np.ndarray  # provincial capitals and the municipalities
+    municipality: np.ndarray
+    major: np.ndarray  # MAJOR_CITIES
+    tier1: np.ndarray  # TIER1_CITIES
+
+
+def _setting(geo: _Geo) -> _Setting:
     ids = geo.ids
-    n, t_len = len(ids), len(YEARS)
-    tc = np.arange(t_len) - (t_len - 1) / 2.0  # centred year, 2013 -> -4.5
+    t_len = len(YEARS)
     w = geo.weights.row_standardised
-    wd = w.toarray()
-    cities = geo.cities
-    dist = cities["dist_hangzhou_km"].to_numpy(dtype=float)
-    lon = cities["lon"].to_numpy(dtype=float)
+    return _Setting(ids=ids, cities=geo.cities, n=len(ids), t_len=t_len, tc=np.arange(t_len) - (t_len - 1) / 2.0,
+                    w=w, wd=w.toarray(), dist=geo.cities["dist_hangzhou_km"].to_numpy(dtype=float),
+                    lon=geo.cities["lon"].to_numpy(dtype=float),
+                    capital=np.array([c[2:4] == "01" for c in ids]) | np.isin(ids, MUNICIPALITY_ADCODES),
+                    municipality=np.isin(ids, MUNICIPALITY_ADCODES), major=np.isin(ids, MAJOR_CITIES),
+                    tier1=np.isin(ids, TIER1_CITIES))
 
-    # ---- 1. development latent -----------------------------------------------------------------
-    pd_ = p["development"]
-    capital = np.array([c[2:4] == "01" for c in ids]) | np.isin(ids, MUNICIPALITY_ADCODES)
-    municipality = np.isin(ids, MUNICIPALITY_ADCODES)
-    major = np.isin(ids, MAJOR_CITIES)
-    tier1 = np.isin(ids, TIER1_CITIES)
-    field_d = _sar_field(w, pd_["sar_lambda"], rng)
-    d_raw = (pd_["w_east"] * _standardise(lon) - pd_["w_hangzhou"] * _standardise(dist)
-             + pd_["w_field"] * field_d + pd_["capital_bonus"] * capital
-             + pd_["municipality_bonus"] * municipality + pd_["major_bonus"] * major + pd_["tier1_bonus"] * tier1
-             + pd_["noise_sd"] * rng.standard_normal(n))
+
+def _development(s: _Setting, rng: np.random.Generator) -> np.ndarray:
+    """Step 1: the development latent d per city (standardised, soft-capped)."""
+    pd_ = PARAMS["development"]
+    field_d = _sar_field(s.w, pd_["sar_lambda"], rng)
+    d_raw = (pd_["w_east"] * _standardise(s.lon) - pd_["w_hangzhou"] * _standardise(s.dist)
+             + pd_["w_field"] * field_d + pd_["capital_bonus"] * s.capital
+             + pd_["municipality_bonus"] * s.municipality + pd_["major_bonus"] * s.major
+             + pd_["tier1_bonus"] * s.tier1 + pd_["noise_sd"] * rng.standard_normal(s.n))
     # soft cap of the tails, so the leading cities are comparable and none leads every indicator
-    d = pd_["cap"] * np.tanh(_standardise(d_raw) / pd_["cap"])
-    d_col = d[:, None]
+    return pd_["cap"] * np.tanh(_standardise(d_raw) / pd_["cap"])
 
-    # ---- 2. employment and the digital share ---------------------------------------------------
-    pe = p["employment"]
-    log_e = (pe["log_median"] + pe["d_slope"] * d_col + pe["city_sd"] * rng.standard_normal((n, 1))
+
+def _employment(s: _Setting, d: np.ndarray,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Step 2: (total employment, digital employment, their location quotient), each (city, year)."""
+    n, t_len, tc = s.n, s.t_len, s.tc
+    pe = PARAMS["employment"]
+    log_e = (pe["log_median"] + pe["d_slope"] * d[:, None] + pe["city_sd"] * rng.standard_normal((n, 1))
              + pe["growth"] * tc[None, :] + pe["shock_sd"] * rng.standard_normal((n, t_len)))
     total = np.exp(log_e)
-    ps = p["digital_share"]
+    ps = PARAMS["digital_share"]
     national = np.exp(np.linspace(np.log(ps["national_2013"]), np.log(ps["national_2022"]), t_len))
-    field_s = _sar_field(w, pd_["sar_lambda"], rng)
+    field_s = _sar_field(s.w, PARAMS["development"]["sar_lambda"], rng)
     c_share = (ps["d_slope"] * d + ps["city_sd"] * rng.standard_normal(n) + ps["field_slope"] * field_s)
-    dist_z = _standardise(dist)
-    trend = ps["gamma_distance_year"] * dist_z + ps["trend_sd"] * rng.standard_normal(n)
+    # the distance x year slope is the instrument's first stage
+    trend = ps["gamma_distance_year"] * _standardise(s.dist) + ps["trend_sd"] * rng.standard_normal(n)
     shocks = np.empty((n, t_len))
     shocks[:, 0] = rng.standard_normal(n) * ps["shock_sd"] / np.sqrt(1 - ps["ar_phi"] ** 2)
     for t in range(1, t_len):
@@ -332,47 +378,62 @@ def generate_demo(seed: int = DEFAULT_SEED, geography: Any = None) -> DemoData:
     log_share = np.log(national)[None, :] + c_share[:, None] + trend[:, None] * tc[None, :] + shocks
     share = np.minimum(np.exp(log_share), 0.5)
     digital = share * total
-    index = pd.MultiIndex.from_product([list(ids), list(YEARS)], names=[CITY, YEAR])
+    index = pd.MultiIndex.from_product([list(s.ids), list(YEARS)], names=[CITY, YEAR])
     lq = location_quotient(pd.Series(digital.ravel(), index=index), pd.Series(total.ravel(), index=index))
-    lq_arr = lq.to_numpy().reshape(n, t_len)
+    return total, digital, lq.to_numpy().reshape(n, t_len)
 
-    # ---- 3. controls and splitters -------------------------------------------------------------
-    def lognormal_panel(spec: dict, extra: np.ndarray | float = 0.0) -> np.ndarray:
-        return np.exp(spec["log_median"] + spec["d_slope"] * d_col + spec["city_sd"] * rng.standard_normal((n, 1))
-                      + spec.get("growth", 0.0) * tc[None, :] + spec.get("trend", 0.0) * tc[None, :] + extra
-                      + spec["shock_sd"] * rng.standard_normal((n, t_len)))
 
-    pc = p["controls"]
+def _lognormal_panel(s: _Setting, d: np.ndarray, spec: dict, rng: np.random.Generator,
+                     extra: np.ndarray | float = 0.0) -> np.ndarray:
+    """exp(level + d slope + city noise + growth/trend + extra + shock), drawing city noise then shocks."""
+    return np.exp(spec["log_median"] + spec["d_slope"] * d[:, None] + spec["city_sd"] * rng.standard_normal((s.n, 1))
+                  + spec.get("growth", 0.0) * s.tc[None, :] + spec.get("trend", 0.0) * s.tc[None, :] + extra
+                  + spec["shock_sd"] * rng.standard_normal((s.n, s.t_len)))
+
+
+def _linear_panel(s: _Setting, d: np.ndarray, level: float, spec: dict, rng: np.random.Generator) -> np.ndarray:
+    """level + d slope + city noise + trend + shock on the generating scale, drawing city noise then shocks."""
+    return (level + spec["d_slope"] * d[:, None] + spec["city_sd"] * rng.standard_normal((s.n, 1))
+            + spec["trend"] * s.tc[None, :] + spec["shock_sd"] * rng.standard_normal((s.n, s.t_len)))
+
+
+def _controls(s: _Setting, d: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Step 3a: the six controls, (city, year) each, drawn in the order of ``CONTROLS``."""
+    pc = PARAMS["controls"]
     controls: dict[str, np.ndarray] = {}
-    controls["develop"] = lognormal_panel(pc["develop"])
-    controls["unemployed"] = np.minimum(lognormal_panel(pc["unemployed"]), pc["unemployed"]["max"])
-    controls["finance"] = lognormal_panel(pc["finance"])
-    controls["human"] = np.minimum(lognormal_panel(pc["human"], pc["human"]["capital_bonus"] * capital[:, None]),
+    controls["develop"] = _lognormal_panel(s, d, pc["develop"], rng)
+    controls["unemployed"] = np.minimum(_lognormal_panel(s, d, pc["unemployed"], rng), pc["unemployed"]["max"])
+    controls["finance"] = _lognormal_panel(s, d, pc["finance"], rng)
+    controls["human"] = np.minimum(_lognormal_panel(s, d, pc["human"], rng,
+                                                    pc["human"]["capital_bonus"] * s.capital[:, None]),
                                    pc["human"]["max"])
-    controls["traffic"] = lognormal_panel(pc["traffic"])
+    controls["traffic"] = _lognormal_panel(s, d, pc["traffic"], rng)
     sp_ = pc["support"]
-    controls["support"] = np.clip(sp_["mean"] + sp_["d_slope"] * d_col + sp_["city_sd"] * rng.standard_normal((n, 1))
-                                  + sp_["trend"] * tc[None, :] + sp_["shock_sd"] * rng.standard_normal((n, t_len)),
-                                  sp_["min"], sp_["max"])
+    controls["support"] = np.clip(_linear_panel(s, d, sp_["mean"], sp_, rng), sp_["min"], sp_["max"])
+    return controls
 
-    psp = p["splitters"]
+
+def _splitters(s: _Setting, d: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Step 3b: the five heterogeneity splitters, (city, year) each."""
+    psp = PARAMS["splitters"]
     split: dict[str, np.ndarray] = {}
-    split["digital_support"] = lognormal_panel(psp["digital_support"])
-    split["nqp_emphasis"] = lognormal_panel(psp["nqp_emphasis"])
+    split["digital_support"] = _lognormal_panel(s, d, psp["digital_support"], rng)
+    split["nqp_emphasis"] = _lognormal_panel(s, d, psp["nqp_emphasis"], rng)
     m = psp["marketization"]
-    split["marketization"] = np.clip(m["mean"] + m["d_slope"] * d_col + m["city_sd"] * rng.standard_normal((n, 1))
-                                     + m["trend"] * tc[None, :] + m["shock_sd"] * rng.standard_normal((n, t_len)),
-                                     0.5, 12.5)
+    split["marketization"] = np.clip(_linear_panel(s, d, m["mean"], m, rng), 0.5, 12.5)
     m = psp["market_integration"]
-    split["market_integration"] = 1.0 / (1.0 + np.exp(-(
-        m["logit_mean"] + m["d_slope"] * d_col + m["city_sd"] * rng.standard_normal((n, 1))
-        + m["trend"] * tc[None, :] + m["shock_sd"] * rng.standard_normal((n, t_len)))))
-    split["gov_dominance"] = lognormal_panel(psp["gov_dominance"])
+    split["market_integration"] = 1.0 / (1.0 + np.exp(-_linear_panel(s, d, m["logit_mean"], m, rng)))
+    split["gov_dominance"] = _lognormal_panel(s, d, psp["gov_dominance"], rng)
+    return split
 
-    # Slope heterogeneity from the city means of the splitters (gov_dominance reversed).
-    # z: the standardised city mean on the generating scale (log / logit / level), soft-capped at +-2
-    hetero = np.zeros(n)
-    for s, h in p["heterogeneity"].items():
+
+def _slope_multiplier(split: dict[str, np.ndarray]) -> np.ndarray:
+    """Slope heterogeneity from the city means of the splitters (gov_dominance reversed), mean 1.
+
+    z: the standardised city mean on the generating scale (log / logit / level), soft-capped at +-2.
+    """
+    hetero = np.zeros(next(iter(split.values())).shape[0])
+    for s, h in PARAMS["heterogeneity"].items():
         level = split[s].mean(axis=1)
         if s == "market_integration":
             level = np.log(level / (1.0 - level))
@@ -382,35 +443,47 @@ def generate_demo(seed: int = DEFAULT_SEED, geography: Any = None) -> DemoData:
         hetero += h * (-z if s == "gov_dominance" else z)
     slope_mult = np.exp(hetero)
     slope_mult /= slope_mult.mean()
+    return slope_mult
 
-    # ---- 4. latent mechanisms and their indicators --------------------------------------------
+
+def _mechanisms(s: _Setting, d: np.ndarray, lq_arr: np.ndarray, controls: dict[str, np.ndarray],
+                rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Step 4: (latent mechanisms eta_k, their two measured indicators each); all eta are drawn first."""
+    n, t_len = s.n, s.t_len
     ctrl_std = {c: (v - v.mean()) / v.std() for c, v in controls.items()}
     eta: dict[str, np.ndarray] = {}
-    for k, spec in p["mechanisms"].items():
-        e = (spec["a"] * lq_arr + spec["d_slope"] * d_col + spec["city_sd"] * rng.standard_normal((n, 1))
-             + spec["trend"] * tc[None, :] + spec["noise_sd"] * rng.standard_normal((n, t_len)))
-        for c, s in spec["controls"].items():
-            e = e + s * ctrl_std[c]
+    for k, spec in PARAMS["mechanisms"].items():
+        e = (spec["a"] * lq_arr + spec["d_slope"] * d[:, None] + spec["city_sd"] * rng.standard_normal((n, 1))
+             + spec["trend"] * s.tc[None, :] + spec["noise_sd"] * rng.standard_normal((n, t_len)))
+        for c, sl in spec["controls"].items():
+            e = e + sl * ctrl_std[c]
         eta[k] = e
     mech_cols: dict[str, np.ndarray] = {}
     for k, (c1, c2) in MECHANISMS.items():
         for c in (c1, c2):
-            spec = p["measurement"][c]
+            spec = PARAMS["measurement"][c]
             lin = spec["intercept"] + spec["loading"] * eta[k]
             if spec["link"] == "poisson":
                 mech_cols[c] = rng.poisson(np.exp(lin)).astype(float)
             else:
                 mech_cols[c] = np.exp(lin + spec["noise_sd"] * rng.standard_normal((n, t_len)))
+    return eta, mech_cols
 
-    # ---- 5. latent NQP: spatial Durbin with two-way effects ------------------------------------
-    pn = p["nqp"]
+
+def _latent_nqp(s: _Setting, d: np.ndarray, lq_arr: np.ndarray, controls: dict[str, np.ndarray],
+                eta: dict[str, np.ndarray], slope_mult: np.ndarray,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Step 5: the latent NQP y from the spatial Durbin process with two-way effects; returns
+    (y, mu city effects, nu year effects, city slopes b_i)."""
+    n, t_len = s.n, s.t_len
+    pn = PARAMS["nqp"]
     # the first-tier cities get a common level (with small noise), so none of them leads every indicator
     zmu = rng.standard_normal(n)
-    tier1_level = np.array([pn["mu_tier1"].get(c, 0.0) for c in ids])
-    mu = np.where(tier1, tier1_level * np.exp(pn["mu_tier1_noise_sd"] * zmu),
+    tier1_level = np.array([pn["mu_tier1"].get(c, 0.0) for c in s.ids])
+    mu = np.where(s.tier1, tier1_level * np.exp(pn["mu_tier1_noise_sd"] * zmu),
                   pn["mu_scale"] * np.exp(pn["mu_d_slope"] * d + pn["mu_noise_sd"] * zmu))
     nu = np.linspace(pn["nu_2013"], pn["nu_2022"], t_len) + pn["year_shock_sd"] * rng.standard_normal(t_len)
-    w_lq = wd @ lq_arr
+    w_lq = s.wd @ lq_arr
     slope_i = pn["b"] * slope_mult
     z = (slope_i[:, None] * lq_arr + pn["theta"] * (w_lq - w_lq.mean())
          + mu[:, None] + nu[None, :] + pn["e_sd"] * rng.standard_normal((n, t_len)))
@@ -418,43 +491,38 @@ def generate_demo(seed: int = DEFAULT_SEED, geography: Any = None) -> DemoData:
         z = z + g * (controls[c] - controls[c].mean())
     for k, bk in pn["b_k"].items():
         z = z + bk * (eta[k] - eta[k].mean())
-    y = np.linalg.solve(np.eye(n) - pn["rho"] * wd, z)
+    y = np.linalg.solve(np.eye(n) - pn["rho"] * s.wd, z)
+    return y, mu, nu, slope_i
 
-    # ---- 6. the 16 indicators from y ------------------------------------------------------------
-    pi = p["indicators"]
-    noise = {name: np.exp(pi["spec"][name]["city_sd"] * rng.standard_normal((n, 1))
-                          + pi["spec"][name]["noise_sd"] * rng.standard_normal((n, t_len)))
-             for name in NQP_INDICATOR_NAMES}
-    raw = _indicators(y, noise, rounded=True)
 
-    # ---- assemble -------------------------------------------------------------------------------
-    def flat(a: np.ndarray) -> np.ndarray:
-        return np.asarray(a, dtype=float).ravel()
+def _flat(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=float).ravel()
 
+
+def _panel(s: _Setting, raw: dict[str, np.ndarray], digital: np.ndarray, total: np.ndarray,
+           controls: dict[str, np.ndarray], mech_cols: dict[str, np.ndarray],
+           split: dict[str, np.ndarray]) -> pd.DataFrame:
+    """The long panel, one row per city-year, in the column order of the bundled file."""
+    t_len = s.t_len
     cols: dict[str, Any] = {
-        CITY: np.repeat(np.array(ids, dtype=object), t_len),
-        "city_name": np.repeat(cities["name_zh"].to_numpy(dtype=object), t_len),
-        "province": np.repeat(cities["province"].to_numpy(dtype=object), t_len),
-        YEAR: np.tile(np.array(YEARS, dtype=np.int64), n),
+        CITY: np.repeat(np.array(s.ids, dtype=object), t_len),
+        "city_name": np.repeat(s.cities["name_zh"].to_numpy(dtype=object), t_len),
+        "province": np.repeat(s.cities["province"].to_numpy(dtype=object), t_len),
+        YEAR: np.tile(np.array(YEARS, dtype=np.int64), s.n),
     }
     for name in NQP_INDICATOR_NAMES:
-        cols[name] = flat(raw[name])
-    cols[DIGITAL_EMPLOYMENT] = flat(digital)
-    cols[TOTAL_EMPLOYMENT] = flat(total)
+        cols[name] = _flat(raw[name])
+    cols[DIGITAL_EMPLOYMENT] = _flat(digital)
+    cols[TOTAL_EMPLOYMENT] = _flat(total)
     for c in CONTROLS:
-        cols[c] = flat(controls[c])
+        cols[c] = _flat(controls[c])
     for c1, c2 in MECHANISMS.values():
-        cols[c1] = flat(mech_cols[c1])
-        cols[c2] = flat(mech_cols[c2])
-    for s in SPLITTERS:
-        cols[s] = flat(split[s])
-    cols[DIST_HANGZHOU] = np.repeat(dist, t_len)
-    panel = pd.DataFrame(cols)
-
-    latent = {"y": y, "noise": noise, "w": wd, "slope_i": slope_i, "lq": lq_arr, "eta": eta, "slope_mult": slope_mult, "mu": mu, "nu": nu, "d": d}
-    truth = _truth(seed, panel, latent, geo)
-    public = {"y": y, **{f"eta_{k}": v for k, v in eta.items()}, "mu": mu, "nu": nu, "slope": slope_i}
-    return DemoData(panel=panel, truth=truth, latent=public)
+        cols[c1] = _flat(mech_cols[c1])
+        cols[c2] = _flat(mech_cols[c2])
+    for c in SPLITTERS:
+        cols[c] = _flat(split[c])
+    cols[DIST_HANGZHOU] = np.repeat(s.dist, t_len)
+    return pd.DataFrame(cols)
 
 
 def _jsonable(x: Any) -> Any:

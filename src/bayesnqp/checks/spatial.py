@@ -35,7 +35,7 @@ from ..bayes.result import BayesResult
 from ..bayes.car import car_fitted
 from ..bayes.sdm import SDM_KINDS, sdm_data, sdm_innovations
 from ..bayes.spatial import conditional_loglik, moran_i, panel_arrays
-from ..conventions import CI_PROB
+from ..conventions import CI_PROB, hdi_bounds
 from ..data.weights import SpatialWeights
 from ..panelops import within
 
@@ -85,7 +85,8 @@ def ppc_moran(results: dict[str, BayesResult], weights: SpatialWeights, frame: p
     """Residual Moran's I per year as a PPC for every model in ``results`` (label -> result).
 
     Returns ``{"id": "ppc_moran", "table": DataFrame, "figure": Figure, "summary": dict}``; the table has
-    one row per (model, year): posterior mean and CI_PROB interval of I, mean replicated I and ppp.
+    one row per (model, year): posterior mean and CI_PROB HDI of I (ci_low, ci_high: the report's one
+    interval convention), mean replicated I and ppp.
     """
     from matplotlib.figure import Figure
 
@@ -100,11 +101,10 @@ def ppc_moran(results: dict[str, BayesResult], weights: SpatialWeights, frame: p
         if projected:
             rep = within(rep.transpose(1, 2, 0)).transpose(2, 0, 1)
         i_rep = moran_i(rep, weights)
-        lo_q, hi_q = (1 - CI_PROB) / 2, 1 - (1 - CI_PROB) / 2
+        ci_low, ci_high = hdi_bounds(i_obs)  # per year, over the draws
         for k, year in enumerate(years):
             rows.append({"model": label, "id": res.id, "year": int(year), "moran_i": float(i_obs[:, k].mean()),
-                         "ci_low": float(np.quantile(i_obs[:, k], lo_q)),
-                         "ci_high": float(np.quantile(i_obs[:, k], hi_q)),
+                         "ci_low": float(ci_low[k]), "ci_high": float(ci_high[k]),
                          "moran_i_rep": float(i_rep[:, k].mean()),
                          "ppp": float(np.mean(i_rep[:, k] >= i_obs[:, k]))})
     table = pd.DataFrame(rows).set_index(["model", names.YEAR])
@@ -120,7 +120,7 @@ def ppc_moran(results: dict[str, BayesResult], weights: SpatialWeights, frame: p
     ax.axhline(-1 / (weights.n - 1), color="grey", lw=0.8, ls="--", label="E[I] under no autocorrelation")
     ax.set_xlabel("year")
     ax.set_ylabel("residual Moran's I")
-    ax.set_title(f"Residual Moran's I by year (posterior mean, {int(CI_PROB * 100)}% interval)")
+    ax.set_title(f"Residual Moran's I by year (posterior mean, {int(CI_PROB * 100)}% HDI)")
     ax.legend(fontsize=8)
     summary = {label: {"mean_moran_i": float(table.loc[label]["moran_i"].mean()),
                        "years_ppp_below_0.05": int((table.loc[label]["ppp"] < 0.05).sum()),

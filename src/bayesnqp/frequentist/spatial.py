@@ -498,6 +498,45 @@ def _pseudo_r2(y: np.ndarray, resid: np.ndarray) -> float:
     return float(np.corrcoef(y, fitted)[0, 1] ** 2)
 
 
+@dataclass(frozen=True)
+class _MLSetup:
+    """What the SDM, SAR and SEM fits share: the aligned panel, W and its spectrum, the names and options."""
+
+    panel: _Panel
+    weights: SpatialWeights
+    spec: Spectrum
+    eig: np.ndarray
+    bounds: tuple[float, float]
+    outcome: str
+    treatment: str
+    regressors: list[str]
+    method: Method
+    draws: int
+
+    @property
+    def k(self) -> int:
+        return len(self.regressors)
+
+    @property
+    def how(self) -> str:
+        return ("Lee-Yu (2010) transformation for city effects, year effects as concentrated dummies; "
+                "sigma2 = SSR/((n-1)(T-1))" if self.method == "lee-yu"
+                else "direct approach: city and year dummies (Elhorst 2003); sigma2 = SSR/(nT)")
+
+    def extra(self, value: float, name: str, loglik: float, sigma2_ml: float) -> tuple[dict, tuple[str, ...]]:
+        """The admissible-interval diagnostics of ``value`` (rho or lambda) and the fit's likelihood."""
+        extra, notes = _bounds_extra(self.weights, value, name)
+        extra |= {"log_likelihood": loglik, "sigma2_ml": sigma2_ml, "method": self.method, "estimation": self.how}
+        return extra, notes
+
+    def result(self, id_: str, title: str, coefs: pd.DataFrame, r2: float, notes: tuple[str, ...], extra: dict,
+               tables: dict[str, pd.DataFrame] | None = None) -> AnalysisResult:
+        return AnalysisResult(id=id_, title=title, coefs=coefs, n_obs=self.panel.n * self.panel.T,
+                              se_type="ML, analytic information matrix", r2=r2, fixed_effects=("city", "year"),
+                              key_term=self.treatment, dep_var=self.outcome, notes=notes + (self.how,),
+                              extra=extra, tables=tables if tables is not None else {})
+
+
 def sdm_ml(frame: pd.DataFrame, outcome: str, treatment: str, controls: Sequence[str], weights: SpatialWeights,
            draws: int = 1000, seed: int = 20240601, method: Method = "lee-yu") -> list[AnalysisResult]:
     """ML spatial Durbin model with city and year effects, plus SAR, SEM and SLX beside it.
@@ -513,92 +552,91 @@ def sdm_ml(frame: pd.DataFrame, outcome: str, treatment: str, controls: Sequence
     if len(set(regressors)) != len(regressors) or outcome in regressors:
         raise ValueError(f"outcome and regressors must be distinct: {outcome}, {regressors}")
     panel = _align(frame, [outcome, *regressors], weights)
-    spec = weights.spectrum
-    eig = np.asarray(weights.eigenvalues, dtype=float)
-    bounds = weights.rho_bounds
+    ml = _MLSetup(panel=panel, weights=weights, spec=weights.spectrum, eig=np.asarray(weights.eigenvalues, dtype=float),
+                  bounds=weights.rho_bounds, outcome=outcome, treatment=treatment, regressors=regressors,
+                  method=method, draws=draws)
+    # one generator for the effect draws, the SDM's before the SAR's (the order fixes their standard errors)
     rng = np.random.default_rng(seed)
-    k = len(regressors)
-    n, T = panel.n, panel.T
-    fe = ("city", "year")
-    how = ("Lee-Yu (2010) transformation for city effects, year effects as concentrated dummies; "
-           "sigma2 = SSR/((n-1)(T-1))" if method == "lee-yu"
-           else "direct approach: city and year dummies (Elhorst 2003); sigma2 = SSR/(nT)")
-    se_type = "ML, analytic information matrix"
-    out: list[AnalysisResult] = []
+    sdm, sdm_loglik = _sdm_fit(ml, rng)
+    d = _design(panel, ml.spec, outcome, regressors, False, method)  # SAR and SEM: no W X columns
+    sar = _sar_fit(ml, d, sdm_loglik, rng)
+    sem = _sem_fit(ml, d, sdm_loglik)
+    return [sdm, sar, sem, _slx_ols(panel, ml.spec, outcome, regressors, treatment)]
 
-    # ---- SDM
-    d = _design(panel, spec, outcome, regressors, True, method)
-    fit = _fit_lag(d, spec, eig, bounds)
+
+def _ml_coefs(terms: list[str], est: np.ndarray, se: np.ndarray) -> pd.DataFrame:
+    inf = _inference(est, se)
+    return coef_frame(terms, est, se, inf["statistic"], inf["p_value"], inf["ci_low"], inf["ci_high"])
+
+
+def _lr_vs_sdm(name: str, sdm_loglik: float, loglik: float, k: int) -> dict[str, float | int]:
+    """Likelihood-ratio test of the SDM against a model nested in it by k restrictions (theta = 0 or
+    theta = -rho b)."""
+    return {f"lr_sdm_vs_{name}": 2 * (sdm_loglik - loglik), "lr_df": k,
+            "lr_p_value": float(stats.chi2.sf(2 * (sdm_loglik - loglik), k))}
+
+
+def _sdm_fit(ml: _MLSetup, rng: np.random.Generator) -> tuple[AnalysisResult, float]:
+    """The SDM result and its log-likelihood (the LR tests of the SAR and SEM compare against it)."""
+    k = ml.k
+    d = _design(ml.panel, ml.spec, ml.outcome, ml.regressors, True, ml.method)
+    fit = _fit_lag(d, ml.spec, ml.eig, ml.bounds)
     p = d.Z.shape[1]
-    keep = list(range(2 * k))
+    keep = list(range(2 * k))  # b and theta; the year dummies go to extra["year_effects"]
     est = np.concatenate([fit.delta[keep], [fit.rho, fit.sigma2]])
     idx = keep + [p, p + 1]
     se = np.sqrt(np.diag(fit.V)[idx])
     terms = d.terms + ["rho", "sigma2"]
-    inf = _inference(est, se)
-    coefs = coef_frame(terms, est, se, inf["statistic"], inf["p_value"], inf["ci_low"], inf["ci_high"])
     sub = keep + [p]
-    table, draw_info = _effects_table(regressors, fit.delta[:k], fit.delta[k:2 * k], fit.rho,
-                                      fit.V[np.ix_(sub, sub)], spec, bounds, draws, rng)
-    extra, notes = _bounds_extra(weights, fit.rho, "rho")
-    extra |= {"log_likelihood": fit.loglik, "sigma2_ml": fit.sigma2_ml, "method": method, "estimation": how,
-              "effects": table.to_dict(orient="index"), "effects_draws": draw_info,
-              "year_effects": dict(zip([str(y) for y in panel.years[1:]], fit.delta[2 * k:].tolist())),
+    table, draw_info = _effects_table(ml.regressors, fit.delta[:k], fit.delta[k:2 * k], fit.rho,
+                                      fit.V[np.ix_(sub, sub)], ml.spec, ml.bounds, ml.draws, rng)
+    extra, notes = ml.extra(fit.rho, "rho", fit.loglik, fit.sigma2_ml)
+    extra |= {"effects": table.to_dict(orient="index"), "effects_draws": draw_info,
+              "year_effects": dict(zip([str(y) for y in ml.panel.years[1:]], fit.delta[2 * k:].tolist())),
               "r2_definition": "squared correlation of the within outcome with its structural fit"}
-    out.append(AnalysisResult(id="sdm_ml", title="Spatial Durbin model, ML, city and year effects",
-                              coefs=coefs, n_obs=n * T, se_type=se_type, r2=_pseudo_r2(d.y, fit.resid),
-                              fixed_effects=fe, key_term=treatment, dep_var=outcome,
-                              notes=notes + _paper_note(weights) + (how,), extra=extra,
-                              tables={"effects": table, "vcov": pd.DataFrame(fit.V[np.ix_(idx, idx)], index=terms,
-                                                                             columns=terms)}))
-    sdm_loglik = fit.loglik
+    vcov = pd.DataFrame(fit.V[np.ix_(idx, idx)], index=terms, columns=terms)
+    res = ml.result("sdm_ml", "Spatial Durbin model, ML, city and year effects", _ml_coefs(terms, est, se),
+                    _pseudo_r2(d.y, fit.resid), notes + _paper_note(ml.weights), extra,
+                    {"effects": table, "vcov": vcov})
+    return res, fit.loglik
 
-    # ---- SAR
-    d = _design(panel, spec, outcome, regressors, False, method)
-    fit = _fit_lag(d, spec, eig, bounds)
+
+def _sar_fit(ml: _MLSetup, d: _Design, sdm_loglik: float, rng: np.random.Generator) -> AnalysisResult:
+    """SAR (the SDM with theta = 0) on the design without W X."""
+    k = ml.k
+    fit = _fit_lag(d, ml.spec, ml.eig, ml.bounds)
     p = d.Z.shape[1]
     keep = list(range(k))
     est = np.concatenate([fit.delta[keep], [fit.rho, fit.sigma2]])
     se = np.sqrt(np.diag(fit.V)[keep + [p, p + 1]])
-    inf = _inference(est, se)
-    coefs = coef_frame(d.terms + ["rho", "sigma2"], est, se, inf["statistic"], inf["p_value"], inf["ci_low"],
-                       inf["ci_high"])
     # SAR effects: theta fixed at zero (zero rows/columns in the draw covariance)
     cov = np.zeros((2 * k + 1, 2 * k + 1))
     sub = keep + [p]
     pos = keep + [2 * k]
     cov[np.ix_(pos, pos)] = fit.V[np.ix_(sub, sub)]
-    table, draw_info = _effects_table(regressors, fit.delta[:k], np.zeros(k), fit.rho, cov, spec, bounds, draws,
-                                      rng)
+    table, draw_info = _effects_table(ml.regressors, fit.delta[:k], np.zeros(k), fit.rho, cov, ml.spec, ml.bounds,
+                                      ml.draws, rng)
     table = table.drop(columns="theta_share_of_direct")
-    extra, notes = _bounds_extra(weights, fit.rho, "rho")
-    extra |= {"log_likelihood": fit.loglik, "sigma2_ml": fit.sigma2_ml, "method": method, "estimation": how,
-              "effects": table.to_dict(orient="index"), "effects_draws": draw_info,
-              "lr_sdm_vs_sar": 2 * (sdm_loglik - fit.loglik), "lr_df": k,
-              "lr_p_value": float(stats.chi2.sf(2 * (sdm_loglik - fit.loglik), k))}
-    out.append(AnalysisResult(id="sar_ml", title="Spatial lag (SAR) model, ML, city and year effects",
-                              coefs=coefs, n_obs=n * T, se_type=se_type, r2=_pseudo_r2(d.y, fit.resid),
-                              fixed_effects=fe, key_term=treatment, dep_var=outcome, notes=notes + (how,),
-                              extra=extra, tables={"effects": table}))
+    extra, notes = ml.extra(fit.rho, "rho", fit.loglik, fit.sigma2_ml)
+    extra |= {"effects": table.to_dict(orient="index"), "effects_draws": draw_info}
+    extra |= _lr_vs_sdm("sar", sdm_loglik, fit.loglik, k)
+    return ml.result("sar_ml", "Spatial lag (SAR) model, ML, city and year effects",
+                     _ml_coefs(d.terms + ["rho", "sigma2"], est, se), _pseudo_r2(d.y, fit.resid), notes, extra,
+                     {"effects": table})
 
-    # ---- SEM
-    efit = _fit_error(d, spec, eig, bounds)
+
+def _sem_fit(ml: _MLSetup, d: _Design, sdm_loglik: float) -> AnalysisResult:
+    """SEM (autoregressive error) on the design without W X."""
+    k = ml.k
+    efit = _fit_error(d, ml.spec, ml.eig, ml.bounds)
+    p = d.Z.shape[1]
+    keep = list(range(k))
     est = np.concatenate([efit.beta[keep], [efit.lam, efit.sigma2]])
     se = np.sqrt(np.diag(efit.V)[keep + [p, p + 1]])
-    inf = _inference(est, se)
-    coefs = coef_frame(d.terms + ["lambda", "sigma2"], est, se, inf["statistic"], inf["p_value"], inf["ci_low"],
-                       inf["ci_high"])
-    extra, notes = _bounds_extra(weights, efit.lam, "lambda")
-    extra |= {"log_likelihood": efit.loglik, "sigma2_ml": efit.sigma2_ml, "method": method, "estimation": how,
-              "lr_sdm_vs_sem": 2 * (sdm_loglik - efit.loglik), "lr_df": k,
-              "lr_p_value": float(stats.chi2.sf(2 * (sdm_loglik - efit.loglik), k))}
-    out.append(AnalysisResult(id="sem_ml", title="Spatial error (SEM) model, ML, city and year effects",
-                              coefs=coefs, n_obs=n * T, se_type=se_type, r2=_pseudo_r2(d.y, efit.resid),
-                              fixed_effects=fe, key_term=treatment, dep_var=outcome, notes=notes + (how,),
-                              extra=extra))
-
-    out.append(_slx_ols(panel, spec, outcome, regressors, treatment))
-    return out
+    extra, notes = ml.extra(efit.lam, "lambda", efit.loglik, efit.sigma2_ml)
+    extra |= _lr_vs_sdm("sem", sdm_loglik, efit.loglik, k)
+    return ml.result("sem_ml", "Spatial error (SEM) model, ML, city and year effects",
+                     _ml_coefs(d.terms + ["lambda", "sigma2"], est, se), _pseudo_r2(d.y, efit.resid), notes, extra)
 
 
 def _slx_ols(panel: _Panel, spec: Spectrum, outcome: str, regressors: Sequence[str],
