@@ -80,6 +80,26 @@ def residual_draws(result: BayesResult, weights: SpatialWeights, frame: pd.DataF
     return y[None] - fit, post["sigma"].values, False
 
 
+def two_way_fitted(frame: pd.DataFrame, weights: SpatialWeights, terms: list[str]) -> FittedFn:
+    """For the residual-Moran PPC of a non-spatial two-way model: per posterior draw of beta, the two-way
+    within residuals y~ - X~ beta (city and year effects projected out, as the SDM family's residuals are),
+    returned as fitted values y - residual in (draws, region, year) order of ``weights.ids``."""
+    def cube(column: str) -> np.ndarray:
+        wide = frame[column].unstack(names.YEAR).loc[list(weights.ids)]
+        return wide.to_numpy(dtype=float)
+
+    y = cube(names.NQP)
+    xw = np.stack([within(cube(t)) for t in terms], axis=-1)
+    yw = within(y)
+
+    def fitted(idata, draws):
+        beta = idata.posterior["beta"].sel(coef=terms).stack(sample=("chain", "draw")).isel(sample=draws)
+        resid = yw[None] - np.einsum("ntk,kd->dnt", xw, beta.transpose("coef", "sample").to_numpy())
+        return y[None] - resid
+
+    return fitted
+
+
 def ppc_moran(results: dict[str, BayesResult], weights: SpatialWeights, frame: pd.DataFrame,
               n_draws: int = 200, seed: int = 0, fitted: dict[str, FittedFn] | None = None) -> dict[str, Any]:
     """Residual Moran's I per year as a PPC for every model in ``results`` (label -> result).

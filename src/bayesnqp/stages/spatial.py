@@ -82,31 +82,6 @@ def _maps_available(weights) -> bool:
     return set(weights.ids) <= set(load_boundaries())
 
 
-def two_way_fitted(frame, weights, terms: list[str]):
-    """For the residual-Moran PPC of the non-spatial two-way model: per posterior draw of beta, the
-    two-way within residuals y~ - X~ beta (city and year effects projected out), returned as fitted values
-    y - residual in (draws, region, year) order of ``weights.ids``."""
-    import numpy as np
-
-    from .. import names
-    from ..panelops import within
-
-    def cube(column: str) -> np.ndarray:
-        wide = frame[column].unstack(names.YEAR).loc[list(weights.ids)]
-        return wide.to_numpy(dtype=float)
-
-    y = cube(names.NQP)
-    xw = np.stack([within(cube(t)) for t in terms], axis=-1)
-    yw = within(y)
-
-    def fitted(idata, draws):
-        beta = idata.posterior["beta"].sel(coef=terms).stack(sample=("chain", "draw")).isel(sample=draws)
-        resid = yw[None] - np.einsum("ntk,kd->dnt", xw, beta.transpose("coef", "sample").to_numpy())
-        return y[None] - resid
-
-    return fitted
-
-
 def moran_ppc_flags(table: pd.DataFrame) -> list[Flag]:
     """PPC flags from the residual Moran's I table (one record per model, listing the extreme years)."""
     out: list[Flag] = []
@@ -123,7 +98,7 @@ SPATIAL_IDS = tuple(SPATIAL_LABELS)
 
 def stage_spatial_bayes(ctx: RunContext) -> None:
     from ..bayes.spec import load_spec
-    from ..checks.spatial import ppc_moran, spatial_compare
+    from ..checks.spatial import ppc_moran, spatial_compare, two_way_fitted
     from ..report.maps import map_pair
     from .bayesian import fit_analysis, render_bayes
 
