@@ -11,7 +11,8 @@ Runs (each a separate ``bayesnqp run`` process, so nothing is shared in memory):
   caches, the reference ratio.
 
 Stage times come from each run's ``run.json`` (``stage_seconds``). Results are written after every run to
-``benchmarks/results/study.json``, so a long run that is stopped keeps what it measured.
+``benchmarks/results/study.json``, so a long run that is stopped keeps what it measured; runs of an
+earlier invocation that this one does not repeat are kept (each record says when it was measured).
 
 Run by hand (not in CI), on a machine with nothing else running:
     PYTHONPATH=src python benchmarks/bench_study.py [--panels demo,small] [--modes cold,warm,quick,pymc]
@@ -98,6 +99,8 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "runs": {}, "complete": False}
+    if RESULTS.exists():  # keep what an earlier invocation measured and this one does not repeat
+        results["runs"] = json.loads(RESULTS.read_text()).get("runs", {})
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench_study_") as tmp:
         tmp_path = Path(tmp)
@@ -112,19 +115,21 @@ def main() -> None:
                 out = tmp_path / f"out_{panel}_{mode}"
                 print(f"{panel} / {mode} ...", file=sys.stderr, flush=True)
                 record = one_run(base + extra, env, out)
+                record["measured"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
                 results["runs"][f"{panel}/{mode}"] = record
                 print(f"  {record['wall_seconds']} s (exit {record['exit_code']})", file=sys.stderr, flush=True)
                 RESULTS.write_text(json.dumps(results, indent=2) + "\n")
         runs = results["runs"]
         ratios = {}
-        for panel in panels:
+        for panel in ("demo", "small"):
             cold, warm, ref = (runs.get(f"{panel}/{m}", {}).get("wall_seconds") for m in ("cold", "warm", "pymc"))
             if cold and warm:
                 ratios[f"{panel}: cold / warm"] = round(cold / warm, 2)
             if ref and warm:
                 ratios[f"{panel}: pm.sample / nutpie (warm)"] = round(ref / warm, 2)
         results["ratios"] = ratios
-        results["complete"] = True
+        results["complete"] = all(f"{p}/{m}" in runs for p in ("demo", "small")
+                                  for m in ("cold", "warm", "quick", "pymc"))
         RESULTS.write_text(json.dumps(results, indent=2) + "\n")
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -31,7 +31,7 @@ from ..spatial_linalg import DENSE_LIMIT, spatial_effects
 from ..spatial_linalg import lag as spatial_lag
 from .result import BayesResult, SpatialFit, assemble
 from .sampling import SamplerSettings, sample
-from .spatial import model_terms, nonzero_sd, panel_arrays, resolve_spec
+from .spatial import model_terms, nonzero_sd, panel_arrays, project_out_years, resolve_spec, year_direction
 from .spec import ModelSpec, prior_param
 
 
@@ -112,7 +112,7 @@ def build_sdm_model(data: SdmData, weights: SpatialWeights, spec: ModelSpec, mod
             logdet = pt.sum(pt.log1p(-rho * lam))
             if form == "direct":
                 pm.Potential("log_jacobian", t * logdet)
-            elif form == "lee_yu_city":
+            elif form == "lee_yu_city" or model == "sem":  # the SEM's year term is below
                 pm.Potential("log_jacobian", (t - 1) * logdet)
             else:
                 pm.Potential("log_jacobian", (t - 1) * (logdet - pt.log1p(-rho)))
@@ -121,10 +121,7 @@ def build_sdm_model(data: SdmData, weights: SpatialWeights, spec: ModelSpec, mod
             mean = rho * wyd + xb
             obs = ys
         elif model == "sem":
-            # e = M (I - rho W)(y - X beta) = (My - MX beta) - rho (M W y - M W X beta)
-            wyd = pm.Data("wy", wys, dims=(names.CITY, names.YEAR))
-            wxd = pm.Data("wx", wxs, dims=(names.CITY, names.YEAR, names.COEF))
-            mean = xb + rho * (wyd - pt.tensordot(wxd, beta_s, axes=[[2], [0]]))
+            mean = _sem_mean(ys, xs, xb, beta_s, rho, weights, form, t)
             obs = ys
         else:
             mean = xb
@@ -135,6 +132,31 @@ def build_sdm_model(data: SdmData, weights: SpatialWeights, spec: ModelSpec, mod
         pm.Normal(spec.outcome, mean, sigma_s, observed=obs, dims=(names.CITY, names.YEAR))
     return m
 
+
+def _sem_mean(ys: np.ndarray, xs: np.ndarray, xb: Any, beta_s: Any, rho: Any, weights: SpatialWeights,
+              form: str, t: int) -> Any:
+    """The SEM's year effects sit in y, as in the ML oracle (y = X beta + mu + nu_t + u, u = rho W u + e),
+    so among the innovations (I - rho W)(y - X beta) a year effect points along a = (I - rho W) 1, which
+    is not constant where W has islands. Integrating the effects out under flat priors: the city effects
+    go with the time-demeaning, and the year effects by projecting a out of every year's innovations,
+    which adds -(T - 1) log(|a| / sqrt(n)) (the lee_yu_two_way term -(T - 1) log(1 - rho) where every
+    row of W sums to 1). W is applied to the two-way within data: their year means lie along 1, which
+    (I - rho W) maps onto a, so the projection removes them with the year effects (W of the within
+    data, not the within of W y, whose year means would not). Returned as a "mean" whose residual is
+    that projected innovation."""
+    w = weights.row_standardised
+    n, _, k = xs.shape
+    w_ys = pm.Data("w_within_y", (w @ ys.reshape(n, -1)).reshape(ys.shape), dims=(names.CITY, names.YEAR))
+    w_xs = pm.Data("w_within_x", (w @ xs.reshape(n, -1)).reshape(xs.shape),
+                   dims=(names.CITY, names.YEAR, names.COEF))
+    u = ys - xb - rho * (w_ys - pt.tensordot(w_xs, beta_s, axes=[[2], [0]]))
+    row_sums = np.asarray(w.sum(axis=1)).ravel()
+    a = 1.0 - rho * row_sums
+    aa = pt.sum(a ** 2)
+    e = u - a[:, None] * (pt.dot(a, u) / aa)[None, :]
+    if form != "direct":
+        pm.Potential("year_effects_jacobian", -(t - 1) * 0.5 * pt.log(aa / n))
+    return ys - e
 
 def _sdm_draws(idata, data: SdmData, weights: SpatialWeights, model: str, draws: np.ndarray | None = None) -> dict[str, np.ndarray]:
     post = idata.posterior.stack(sample=("chain", "draw"))
@@ -149,15 +171,18 @@ def _sdm_draws(idata, data: SdmData, weights: SpatialWeights, model: str, draws:
 
 
 def sdm_innovations(idata, data: SdmData, weights: SpatialWeights, model: str, draws: np.ndarray | None = None) -> np.ndarray:
-    """Structural innovations e = M(y - rho W y - X beta - W X theta) (SEM: (I - rho W) M(y - X beta)) per draw."""
+    """Structural innovations e = M(y - rho W y - X beta - W X theta) per draw (SEM: (I - rho W)(y - X beta)
+    with each year's component along (I - rho W) 1 removed, its year effects being in y)."""
     d = _sdm_draws(idata, data, weights, model, draws)
     xb = np.einsum("ntp,sp->snt", data.x, d["beta"]) + np.einsum("ntp,sp->snt", data.wx, d["theta"])
     r = data.y[None] - xb
     if model in ("sdm", "sar"):
         r = r - d["rho"][:, None, None] * data.wy[None]
-    elif model == "sem":
-        wr = data.wy[None] - np.einsum("ntp,sp->snt", data.wx, d["beta"])
-        r = r - d["rho"][:, None, None] * wr
+    elif model == "sem":  # year effects in y: W of the within residual, then a projected out (_sem_mean)
+        n = data.y.shape[0]
+        w_r = (weights.row_standardised @ r.transpose(1, 0, 2).reshape(n, -1)).reshape(n, *r.shape[::2]) \
+            .transpose(1, 0, 2)
+        r = project_out_years(r - d["rho"][:, None, None] * w_r, year_direction(d["rho"], weights))
     return r
 
 

@@ -19,7 +19,7 @@ from .spec import ModelSpec, load_spec
 
 
 def conditional_loglik(e: np.ndarray, rho: np.ndarray, sigma: np.ndarray, weights: SpatialWeights, *,
-                       two_way: bool = True) -> np.ndarray:
+                       two_way: bool = True, data_level_years: bool = False) -> np.ndarray:
     """log p(y_it | y_-it) of a Gaussian SAR/SDM/SEM process for every draw, region and year.
 
     With A = I - rho W and r = y - m (m the regressor part), the structural innovations A r are iid
@@ -33,7 +33,10 @@ def conditional_loglik(e: np.ndarray, rho: np.ndarray, sigma: np.ndarray, weight
     (W has a zero diagonal; M = (I_T - J/T) x (I_n - J/n) in a balanced panel). Conditioning on the
     effects at their profiled values instead would credit every model of this family with about one
     nat per effect. ``two_way=False``: raw innovations e = A r and P = I_T x A'A / sigma^2.
-    O(edges) per draw. ``e``: (draws, n, T); ``rho``, ``sigma``: (draws,).
+    ``data_level_years`` (the SEM, whose year effects sit in y, not in the innovations): the year part
+    of M projects out a = A 1 instead of 1 in every year (``year_direction``), so P_ii uses
+    (A'a)_i^2 / a'a in place of (1 - rho s_i)^2 / n; ``e`` must be projected the same way
+    (``project_out_years``). O(edges) per draw. ``e``: (draws, n, T); ``rho``, ``sigma``: (draws,).
     """
     w = weights.row_standardised
     c = np.asarray(w.multiply(w).sum(axis=0)).ravel()
@@ -42,11 +45,27 @@ def conditional_loglik(e: np.ndarray, rho: np.ndarray, sigma: np.ndarray, weight
     r = rho[:, None, None]
     quad = 1.0 + r ** 2 * c[None, :, None]
     if two_way:
-        s = np.asarray(w.sum(axis=0)).ravel()
-        quad = (1.0 - 1.0 / t) * (quad - (1.0 - r * s[None, :, None]) ** 2 / n)
+        v = year_direction(rho, weights) if data_level_years else np.ones((draws, n))
+        atv = v - rho[:, None] * (w.T @ v.T).T  # (A'v)_i per draw
+        quad = (1.0 - 1.0 / t) * (quad - (atv ** 2 / (v ** 2).sum(axis=1, keepdims=True))[:, :, None])
     qii = quad / sigma[:, None, None] ** 2
     resid = (e - r * wte) / sigma[:, None, None] ** 2 / qii
     return 0.5 * np.log(qii / (2 * np.pi)) - 0.5 * qii * resid**2
+
+
+def year_direction(rho: np.ndarray, weights: SpatialWeights) -> np.ndarray:
+    """a = (I - rho W) 1 for every draw, (draws, n): where a year effect that sits in y (the SEM's
+    y = X beta + mu + nu_t + u, u = rho W u + e) points among the innovations. 1 - rho for a region
+    with neighbours (row-standardised W), 1 for an island."""
+    row_sums = np.asarray(weights.row_standardised.sum(axis=1)).ravel()
+    return 1.0 - np.asarray(rho, dtype=float)[:, None] * row_sums[None, :]
+
+
+def project_out_years(u: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """Innovations (draws, n, T) with each year's component along a (draws, n) removed: the data-level
+    year effects integrated out under a flat prior."""
+    coef = np.einsum("dn,dnt->dt", a, u) / (a ** 2).sum(axis=1)[:, None]
+    return u - a[:, :, None] * coef[:, None, :]
 
 
 def moran_i(values: np.ndarray, weights: SpatialWeights) -> np.ndarray:

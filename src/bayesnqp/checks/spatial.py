@@ -17,7 +17,8 @@ observation given all the others, log p(y_it | y_-it):
   Buerkner, Gabry & Vehtari 2021, non-factorised LOO) is used instead, with the city and year effects
   integrated out under flat priors (``conditional_loglik``), as PSIS integrates out the sampled effects of
   the other models. Plugging in the effects at their profiled values would favour this family by about
-  one nat per effect (n + T - 1 in all).
+  one nat per effect (n + T - 1 in all). The SEM's year effects sit in y (as in the ML oracle), so its
+  year part projects out (I - rho W) 1 instead of 1 (``data_level_years``).
 """
 
 from __future__ import annotations
@@ -166,7 +167,7 @@ def pointwise_loglik(result: BayesResult, weights: SpatialWeights, frame: pd.Dat
         data = sdm_data(frame, list(info.terms), weights, outcome)
         e = sdm_innovations(idata, data, weights, info.kind, draws)
         rho = post["rho"].values if kind != "slx" else np.zeros(len(draws))
-        ll = conditional_loglik(e, rho, post["sigma"].values, weights)
+        ll = conditional_loglik(e, rho, post["sigma"].values, weights, data_level_years=info.kind == "sem")
         years = data.years
         return xr.DataArray(ll[None], dims=("chain", "draw", names.CITY, names.YEAR),
                             coords={"chain": [0], "draw": np.arange(len(draws)), names.CITY: list(weights.ids),
