@@ -141,15 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     car_spec = load_spec("bayes_car")
     car_vars = ["beta_std", "rho", "sigma_city_std", "sigma_std"]
 
-    def car(param: str):
+    def car_run(param: str):
         spec = car_spec.replace(options={**car_spec.options, "parametrisation": param})
         return lambda: sample(car.build_car_model(frame, ["develop"], w, spec, "bym2"), nut.replace(target_accept=0.9))
 
     if "bym2_centred" in parts:
-        results["bym2_spectral_nutpie"] = _measure("bym2 spectral (centred, default), nutpie", car("centred"),
+        results["bym2_spectral_nutpie"] = _measure("bym2 spectral (centred, default), nutpie", car_run("centred"),
                                                    car_vars, nut)
     if "bym2_noncentred" in parts:
-        results["bym2_nutpie"] = _measure("bym2 edge-list ICAR (non-centred), nutpie", car("noncentred"), car_vars, nut)
+        results["bym2_nutpie"] = _measure("bym2 edge-list ICAR (non-centred), nutpie", car_run("noncentred"), car_vars, nut)
     if "bym2_reference" in parts:
         results["bym2_pm_icar_pymc"] = _measure(
             "bym2 pm.ICAR, PyMC NUTS", lambda: sample(_bym2_icar_reference(frame, w), ref.replace(target_accept=0.9)),

@@ -17,7 +17,7 @@ from bayesnqp.bayes import registry
 from bayesnqp.bayes.panel import panel_kind
 from bayesnqp.bayes.result import assemble
 from bayesnqp.bayes.sampling import SamplerSettings
-from bayesnqp.bayes.spec import BUILDER_OPTIONS, BUILDER_PRIORS, bundled_spec_ids, load_bundled
+from bayesnqp.bayes.spec import BUILDER_OPTIONS, BUILDER_PRIORS, bundled_spec_ids, load_bundled, load_spec
 
 
 def test_every_builder_has_one_family_and_one_set_of_options_and_priors():
@@ -115,3 +115,45 @@ def test_a_user_spec_of_another_family_is_accepted_and_a_bad_one_refused(tmp_pat
                                                  .replace('model = "sar"\n', ""))
     with pytest.raises(InputError, match="must say which member it is"):
         read_user_models(tmp_path)
+
+
+def test_a_replaced_bundled_spec_keeps_what_says_which_analysis_it_is(tmp_path):
+    from bayesnqp.bayes.spec import read_user_models, user_models
+    from bayesnqp.errors import InputError
+    from bayesnqp.paths import bundled
+
+    def without(spec_id: str, *dropped: str) -> str:
+        lines = (bundled("models") / f"{spec_id}.toml").read_text(encoding="utf-8").splitlines()
+        return "\n".join(line for line in lines if not line.startswith(dropped)) + "\n"
+
+    # an older copy without an oracle line keeps the bundled oracle
+    (tmp_path / "bayes_table3_col4_iid.toml").write_text(without("bayes_table3_col4_iid", "oracle ="))
+    assert [s.oracle for s in read_user_models(tmp_path)] == ["table3_col4"]
+    with user_models(tmp_path):
+        assert load_spec("bayes_table3_col4_iid").oracle == "table3_col4"
+    # ... but one that drops what makes it the group-slope analysis is refused, not run as another model
+    (tmp_path / "bayes_groups.toml").write_text(without("bayes_groups", "oracle =", "slope_groups ="))
+    with pytest.raises(InputError, match="options.slope_groups must stay 'median_split' in bayes_groups"):
+        read_user_models(tmp_path)
+    (tmp_path / "bayes_groups.toml").unlink()
+    # an oracle's placeholders must be ones the family fills
+    my_iv = without("bayes_iv").replace('id = "bayes_iv"', 'id = "bayes_my_iv"') \
+        .replace('oracle = "iv_2sls_trend"', 'oracle = "iv_{splitter}"')
+    (tmp_path / "bayes_my_iv.toml").write_text(my_iv)
+    with pytest.raises(InputError, match=r"oracle 'iv_\{splitter\}': only no placeholder"):
+        read_user_models(tmp_path)
+
+
+def test_a_pickled_result_travels_without_its_model():
+    import pickle
+
+    spec = load_bundled("bayes_table3_col2")
+    result = assemble(spec, _fake_idata(SamplerSettings(draws=50)), ["beta", "sigma"], model=object(),
+                      fitted_values=lambda: None)
+    back = pickle.loads(pickle.dumps(result))
+    assert back.model is None and back.fitted_values is None and back.id == result.id
+    assert back.summary.equals(result.summary) and back.idata.attrs["fit_hash"] == result.idata.attrs["fit_hash"]
+    with pytest.raises(ValueError, match="separated from its model"):
+        back.fitted()
+    with pytest.raises(ValueError, match="separated from its model"):
+        result.without_model().fitted()

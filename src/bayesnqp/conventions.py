@@ -24,6 +24,13 @@ if TYPE_CHECKING:  # typing only (arviz is imported where it is used, so importi
 # the credible interval: the one place where its kind and probability are set
 CI_KIND = "hdi"
 CI_PROB = 0.94
+# Posterior draws behind fitted values (evenly spaced over the chains, so the answer is reproducible).
+FITTED_DRAWS = 400
+
+
+def fitted_draws(total: int) -> np.ndarray:
+    """Indices of the ``FITTED_DRAWS`` draws (of ``total`` stacked chain x draw samples) fitted values use."""
+    return np.unique(np.linspace(0, total - 1, FITTED_DRAWS).astype(int))
 
 # ------------------------------------------------------------------------------------------------
 # thresholds (checks.flags turns each into a record; see its notes for the sources)

@@ -41,7 +41,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from .. import names
-from ..conventions import CI_PROB, hdi_bounds, posterior_summary
+from ..conventions import CI_PROB, fitted_draws, hdi_bounds, posterior_summary
 from ..data.weights import SpatialWeights
 from ..errors import InputError, Problem
 from ..results import AnalysisResult
@@ -436,10 +436,12 @@ def car_extra(spec: ModelSpec, weights: SpatialWeights, kind: CarKind) -> dict[s
 
 
 def car_fitted_frame(idata, frame: pd.DataFrame, weights: SpatialWeights, info: SpatialFit) -> pd.DataFrame:
-    """``BayesResult.fitted()`` of a CAR model: posterior mean and HDI of each city-year's mean."""
+    """``BayesResult.fitted()`` of a CAR model: posterior mean and HDI of each city-year's mean over
+    ``conventions.FITTED_DRAWS`` posterior draws evenly spaced over the chains (as for the panel family)."""
     total = idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"]
-    y, fit = car_fitted(idata, frame, weights, info, np.arange(total))
-    lo, hi = hdi_bounds(fit.reshape(total, -1))
+    pick = fitted_draws(total)
+    y, fit = car_fitted(idata, frame, weights, info, pick)
+    lo, hi = hdi_bounds(fit.reshape(len(pick), -1))
     index = pd.MultiIndex.from_product([list(weights.ids), sorted(frame.index.get_level_values(names.YEAR).unique())],
                                        names=[names.CITY, names.YEAR])
     return pd.DataFrame({"fitted": fit.mean(axis=0).ravel(), "ci_low": lo, "ci_high": hi,

@@ -94,7 +94,7 @@ def fit_groups(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], split
                                  "n_cities": {g: int(counts.get(g, 0)) for g in GROUPS}}
         results.append(finish(spec, model, idata, oracle=oracle, terms=terms, meant_to_match=False, pdata=pdata,
                               agreement_note=GROUP_NOTE, var_names=var_names, extra=extra,
-                              result_id=f"bayes_groups_{splitter}",
+                              result_id=f"{spec.id}_{splitter}",
                               title=f"{spec.title}: {splitter}",
                               notes=(f"P(high > low) = {p_high:.3f}",)))
     return results

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pymc as pm
 
-from ..conventions import hdi_bounds, hdi_contains
+from ..conventions import fitted_draws, hdi_bounds, hdi_contains
 from .. import names
 from ..names import AGGLOMERATION, CITY, COEF, YEAR
 from ..results import AnalysisResult
@@ -28,8 +28,6 @@ from .result import BayesResult, assemble
 from .sampling import SamplerSettings, sample
 from .spec import ModelSpec, load_spec
 
-# Posterior draws used for fitted values (evenly spaced over the chains, so the answer is reproducible).
-FITTED_DRAWS = 400
 
 
 def draw_city_effects(idata: az.InferenceData, model: pm.Model, pdata: PanelData, *, seed: int) -> None:
@@ -140,12 +138,13 @@ def finish(spec: ModelSpec, model: pm.Model, idata: az.InferenceData, *, oracle:
 def panel_fitted(model: pm.Model, idata: az.InferenceData, pdata: PanelData, likelihood: str) -> pd.DataFrame:
     """Fitted values of a panel model: per posterior draw, the row's mean X beta + year effect + city
     effect (the city effect as sampled, as drawn from its exact conditional where it was integrated out,
-    or at its least-squares value given the draw where it is a flat-prior fixed effect, as with the
-    structured errors); the posterior mean and HDI of those over ``FITTED_DRAWS`` draws. For the
+    or, where it is a flat-prior fixed effect (the structured errors), at the city's mean residual given
+    the draw: the least-squares value, not the AR(1)- and scale-weighted one, and without the city's
+    random slope); the posterior mean and HDI of those over ``conventions.FITTED_DRAWS`` draws. For the
     LogNormal likelihood the mean is on the log scale and the fitted value is its exponential (the
     median of y)."""
     post = idata.posterior.stack(sample=("chain", "draw"))
-    pick = np.unique(np.linspace(0, post.sizes["sample"] - 1, FITTED_DRAWS).astype(int))
+    pick = fitted_draws(post.sizes["sample"])
     free = [rv.name for rv in model.free_RVs]
     fn = model.compile_fn(outs=model[FITTED_MEAN], inputs=model.free_RVs, on_unused_input="ignore",
                           point_fn=False)
@@ -188,6 +187,8 @@ def fit_spec(frame: pd.DataFrame, spec: ModelSpec, controls: tuple[str, ...] | l
 
 MATCH_NOTES = {
     "pooled": "Weak priors and a Normal likelihood: the posterior mean reproduces pooled OLS.",
+    "year": ("Year effects of fixed prior scale (the Bayesian year dummies) and no city effects: the posterior "
+             "mean reproduces least squares with year fixed effects."),
     "city": ("City effects in Mundlak (correlated random effects) form: given the variance components the "
              "posterior mean of beta is the within estimator, so it reproduces city fixed effects."),
     "twoway": ("City effects in Mundlak form and year effects of fixed scale (the Bayesian year dummies): "
@@ -224,7 +225,9 @@ def panel_kind(spec: ModelSpec) -> str:
         return "other"
     if city == "mundlak":
         return "twoway" if year != "none" else "city"
-    return "pooled" if city == "none" else "other"
+    if city == "none":
+        return "pooled" if year == "none" else "year"
+    return "other"
 
 
 def fit_panel(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], settings: SamplerSettings,
@@ -237,11 +240,15 @@ def fit_panel(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], settin
     extra: dict[str, Any] = {}
     figures: dict[str, Any] = {}
     if spec.options.get("prior_predictive"):
-        check = prior_predictive_check(model, pdata, seed=spec.sampler_settings(settings).seed)
+        check = prior_predictive_check(model, pdata, seed=spec.sampler_settings(settings).seed,
+                                       title=f"Prior predictive check, {spec.title}", outcome=spec.outcome)
         extra["prior_predictive"] = check.numbers
         figures["prior_predictive"] = check.figure
-    return finish(spec, model, idata, oracle=oracle, meant_to_match=kind in ("pooled", "city", "twoway"),
-                  agreement_note=MATCH_NOTES[kind], extra=extra, figures=figures, pdata=pdata)
+    note = MATCH_NOTES[kind]
+    if oracle is not None and oracle.id.endswith("_ls"):  # a new analysis from the user's folder
+        note = "Your model, compared with least squares on the same terms and effects. " + note
+    return finish(spec, model, idata, oracle=oracle, meant_to_match=kind in ("pooled", "year", "city", "twoway"),
+                  agreement_note=note, extra=extra, figures=figures, pdata=pdata)
 
 
 def fit_random_effects(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], settings: SamplerSettings,
@@ -256,8 +263,8 @@ class PriorPredictive:
     figure: Any
 
 
-def prior_predictive_check(model: pm.Model, pdata: PanelData, *, seed: int, draws: int = 500
-                           ) -> PriorPredictive:
+def prior_predictive_check(model: pm.Model, pdata: PanelData, *, seed: int, draws: int = 500,
+                           title: str = "Prior predictive check", outcome: str = names.NQP) -> PriorPredictive:
     """Prior predictive range of y against the observed range (weak priors must cover the data
     without putting most mass orders of magnitude away)."""
     with model:
@@ -278,10 +285,10 @@ def prior_predictive_check(model: pm.Model, pdata: PanelData, *, seed: int, draw
     ax.hist(sims.ravel(), bins=120, range=(lo, hi), density=True, color="0.7", label="prior predictive")
     ax.hist(y, bins=60, density=True, histtype="step", color="C3", label="observed")
     ax.axvspan(y.min(), y.max(), color="C3", alpha=0.08, label="observed range")
-    ax.set_xlabel("nqp")
+    ax.set_xlabel(outcome)
     ax.set_ylabel("density")
     ax.legend(frameon=False, fontsize=8)
-    ax.set_title("Prior predictive check, Table 3 (4)")
+    ax.set_title(title)
     fig.tight_layout()
     return PriorPredictive(numbers=numbers, figure=fig)
 

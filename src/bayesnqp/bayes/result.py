@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .spec import ModelSpec
 
 _COEF_LABEL = re.compile(r"^beta\[(.+)\]$")
+WITHOUT_MODEL = "the result was separated from its model (another process, or without_model()); refit it"
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,15 @@ class BayesResult:
         """The result without its in-memory model (to send to another process or keep many results)."""
         from dataclasses import replace
 
-        return replace(self, model=None, fitted_values=None)
+        return replace(self, model=None, fitted_values=None, no_fitted_reason=WITHOUT_MODEL)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a pickled result (another process, a file) travels without its PyMC model and fitted-values closure
+        return {**self.__dict__, "model": None, "fitted_values": None,
+                "no_fitted_reason": WITHOUT_MODEL if self.fitted_values is not None else self.no_fitted_reason}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     def tidy(self) -> pd.DataFrame:
         """One row per reported quantity (index ``Coefficient``), columns ``TIDY_COLUMNS``: posterior mean

@@ -47,6 +47,8 @@ SDM_KINDS: tuple[str, ...] = ("sdm", "sar", "sem", "slx")
 # lee_yu_two_way: also data-level year effects, Jacobian (T-1)[log|I - rho W| - log(1 - rho)]; removes the
 #   O(1/n) bias of rho too, but needs W 1 = 1 (no islands) to be exact.
 # direct: T log|I - rho W| with nT observations (ML "direct approach", spreg's Panel_FE_*).
+# The SEM's year effects are in y whatever the form (exact with islands, see _sem_mean), so for the SEM
+# lee_yu_city and lee_yu_two_way are the same likelihood.
 LIKELIHOOD_FORMS: tuple[str, ...] = ("lee_yu_city", "lee_yu_two_way", "direct")
 
 
@@ -193,8 +195,8 @@ def fit_sdm(frame: pd.DataFrame, controls: list[str] | tuple[str, ...], weights:
 
     Two-way effects by the within transformation (see module notes). Effects for every posterior draw:
     exact through the eigen-decomposition of W up to ``DENSE_LIMIT`` regions, the power-series / trace
-    approximation beyond. ``oracle``: the ML SDM (``sdm_ml``; rows agglomeration, controls,
-    W_agglomeration, W_<control>, rho).
+    approximation beyond. ``oracle``: the spec's (``sdm_ml``, ``sar_ml``, ``sem_ml`` or ``slx_ols``; rows
+    agglomeration, controls, W_<term> where the model has them, rho or the SEM's lambda).
     """
     spec = resolve_spec(spec, f"bayes_{model}")
     if spec.options.get("model", model) != model:  # the spec names its member of the family
@@ -217,7 +219,8 @@ def fit_sdm(frame: pd.DataFrame, controls: list[str] | tuple[str, ...], weights:
             "the oracle's Lee-Yu / direct estimates): posterior means should sit within Monte Carlo and "
             "posterior-skew error of the ML estimates; sigma follows the (n-1)(T-1) degrees of freedom."
             if meant else
-            f"The oracle is the ML SDM; this {model.upper()} omits terms, so differences are expected.")
+            f"The oracle is the same {model.upper()} by maximum likelihood (least squares for the SLX); "
+            "its rho-profile and priors differ a little, so it is shown beside it without being required to match.")
     how = "eigen-decomposition of W" if method == "exact" else "power series with Hutchinson traces"
     return assemble(spec, idata, reported, summary=summary,
                     diagnosed=reported + ["direct_effect", "indirect_effect", "total_effect"],
@@ -270,8 +273,10 @@ def sdm_extra(spec: ModelSpec, weights: SpatialWeights, model: str, method: str,
     extra: dict[str, object] = {
         "model": model, "effects_method": method, "dense_limit": DENSE_LIMIT,
         "likelihood_form": spec.options.get("likelihood_form", "lee_yu_city"),
-        "two_way_effects": "within transformation (two-way projection of y, Wy, X, WX), i.e. city "
-                           "and year effects integrated out under flat priors; see likelihood_form",
+        "two_way_effects": ("within transformation (two-way projection of y, Wy, X, WX), i.e. city and year "
+                            "effects integrated out under flat priors; see likelihood_form" if model != "sem" else
+                            "city effects by the time-demeaning, year effects (in y) by projecting (I - rho W) 1 "
+                            "out of each year's innovations; both integrated out under flat priors"),
         "rho_bounds": [rho_lo, rho_hi], "interval_prob": CI_PROB}
     if model != "slx":
         rho_row = summary.loc["rho"]
@@ -298,4 +303,6 @@ def oracle_terms(oracle: AnalysisResult | None, terms: list[str], model: str) ->
             shared[f"W_{t_}"] = f"theta[{t_}]"
     if model != "slx" and "rho" in oracle.coefs.index:
         shared["rho"] = "rho"
+    if model == "sem" and "lambda" in oracle.coefs.index:  # the ML SEM calls its error parameter lambda
+        shared["lambda"] = "rho"
     return shared

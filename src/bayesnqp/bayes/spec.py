@@ -262,7 +262,12 @@ def _user_spec_problems(spec: ModelSpec, families: dict[str, str]) -> list[str]:
             return [f"'{spec.id}' is a '{families[spec.id]}' analysis; its builder cannot change to '{spec.builder}'"]
         if spec.builder == "sdm" and spec.options.get("model", member) != member:
             return [f"options.model must be '{member}' in {spec.id} (the file name says which model it is)"]
-        return []
+        home = load_bundled(spec.id)
+        # the options that say which analysis this is (not how it is fitted) stay the bundled ones
+        return [f"options.{key} must stay {home.options.get(key)!r} in {spec.id} (it says which analysis this is); "
+                f"for another analysis use a new id" for key in ANALYSIS_OPTIONS
+                if (key in home.options) != (key in spec.options)
+                or (key != "likelihoods" and home.options.get(key) != spec.options.get(key))] + _oracle_problems(spec)
     if not spec.id.startswith("bayes_"):
         return [f"a new analysis id must start with 'bayes_', got '{spec.id}'"]
     if spec.builder == "sdm" and "model" not in spec.options:
@@ -270,7 +275,30 @@ def _user_spec_problems(spec: ModelSpec, families: dict[str, str]) -> list[str]:
                 f"{' | '.join(map(repr, BUILDER_OPTIONS['sdm']['model'] or ()))}"]
     if spec.builder == "car" and spec.effects.get("city") not in ("bym2", "leroux"):
         return ["a CAR analysis needs effects.city = 'bym2' or 'leroux'"]
-    return panel_support_problems(spec) if spec.builder == "panel" else []
+    return (panel_support_problems(spec) if spec.builder == "panel" else []) + _oracle_problems(spec)
+
+
+# Panel options that decide which analysis a spec is (group slopes, province slopes, a likelihood
+# comparison), not how it is fitted; a replacement of a bundled spec keeps them.
+ANALYSIS_OPTIONS = ("slope_groups", "likelihoods")
+
+
+def _oracle_problems(spec: ModelSpec) -> list[str]:
+    """An oracle id's placeholders must be ones the family fills: {splitter} for median-split groups,
+    {indicator} for the mediation model (one oracle per indicator, so it needs it)."""
+    fills = {"splitter": "x"} if spec.options.get("slope_groups") == "median_split" else \
+        {"indicator": "x"} if spec.builder == "mediation" else {}
+    if not spec.oracle:
+        return []
+    try:
+        spec.oracle.format(**fills)
+    except (KeyError, IndexError, ValueError):
+        return [f"oracle {spec.oracle!r}: only {', '.join('{' + k + '}' for k in fills) or 'no placeholder'} "
+                f"can be filled in for this spec"]
+    if spec.builder == "mediation" and "{indicator}" not in spec.oracle:
+        return [f"oracle {spec.oracle!r}: the mediation model is held against one result per indicator, "
+                "so its oracle needs {indicator} (e.g. 'table4_{indicator}')"]
+    return []
 
 
 def load_bundled(spec_id: str) -> ModelSpec:
@@ -294,5 +322,9 @@ def load_spec(name_or_path: str | Path) -> ModelSpec:
     spec = parse_spec(raw, str(path))
     if spec.id != path.stem:
         raise InputError([Problem(str(path), f"spec id '{spec.id}' must equal the file name '{path.stem}'")])
+    home = bundled("models") / f"{spec.id}.toml"
+    if not spec.oracle and home.is_file() and path.resolve() != home.resolve():
+        # the user's copy of a bundled analysis keeps its oracle unless it names another
+        spec = spec.replace(oracle=parse_spec(tomllib.loads(home.read_text(encoding="utf-8")), str(home)).oracle)
     return spec
 

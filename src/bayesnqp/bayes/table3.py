@@ -20,13 +20,18 @@ from .sampling import SamplerSettings
 from .spec import load_spec
 
 
+# The Table 3 analyses in the order the report shows them: columns (1)-(4), then column (4)'s iid rebuild.
+TABLE3_IDS = ("bayes_table3_col1", "bayes_table3_col2", "bayes_table3_col3", "bayes_table3_col4",
+              "bayes_table3_col4_iid")
+
+
 def fit_table3(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], settings: SamplerSettings,
                oracles: dict[str, AnalysisResult] | None, *, columns: tuple[int, ...] = (1, 2, 3, 4)
                ) -> list[BayesResult]:
     """Table 3 columns (1)-(4) (column (4) twice: the honest error structure and the iid rebuild), with
     the two column (4) models compared by leave-one-city-out LOO."""
     oracles = oracles or {}
-    ids = [f"bayes_table3_col{col}" for col in columns] + (["bayes_table3_col4_iid"] if 4 in columns else [])
+    ids = [i for i in TABLE3_IDS if i.removeprefix("bayes_table3_col")[:1] in {str(c) for c in columns}]
     specs = [load_spec(i) for i in ids]
     results = [fit_panel(frame, controls, settings, spec, oracles.get(spec.oracle)) for spec in specs]
     attach_error_structure_loo(results)

@@ -232,7 +232,7 @@ def fit_and_render(ctx: RunContext, section, spec_ids: list[str]) -> list[BayesR
 
 
 def stage_bayes_panel(ctx: RunContext) -> None:
-    from ..bayes.table3 import attach_error_structure_loo
+    from ..bayes.table3 import TABLE3_IDS, attach_error_structure_loo
 
     report = ctx.report
     sec = report.section("bayes_table3", "Table 3 rebuilt: Bayesian hierarchical models")
@@ -250,10 +250,6 @@ def stage_bayes_panel(ctx: RunContext) -> None:
     fit_and_render(ctx, sec, ["bayes_re"])
     sec = report.section("bayes_likelihoods", "Which likelihood fits: posterior predictive checks and LOO")
     fit_and_render(ctx, sec, ["bayes_likelihoods"])
-
-
-TABLE3_IDS = ("bayes_table3_col1", "bayes_table3_col2", "bayes_table3_col3", "bayes_table3_col4",
-              "bayes_table3_col4_iid")
 
 
 def stage_user_models(ctx: RunContext) -> None:
