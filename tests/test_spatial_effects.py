@@ -209,23 +209,31 @@ def test_conditional_loglik_with_two_way_effects_integrated_out_matches_brute_fo
     m = rng.normal(size=(n, t))
     e = np.stack([panelops.within((np.eye(n) - r * wd) @ (y - m)) for r in rho])
     got = S.conditional_loglik(e, rho, sigma, w, two_way=True)
+    for d in range(2):
+        _assert_dense_conditional(got[d], y, m, wd, rho[d], sigma[d], year_columns=np.ones(n))
+
+
+def _assert_dense_conditional(got: np.ndarray, y: np.ndarray, m: np.ndarray, wd: np.ndarray, rho: float,
+                              sigma: float, year_columns: np.ndarray) -> None:
+    """``got`` (n, T) against the dense conditional y_it | y_-it of the Gaussian A (y - m) = D theta + e,
+    D the city dummies and per-year columns ``year_columns`` among the innovations, theta under a
+    Normal(0, kappa^2) prior as kappa -> infinity (generic dummy projector, no formula shared)."""
+    n, t = y.shape
     # stacked year by year: index k * n + i
-    dummies = np.column_stack([np.tile(np.eye(n), (t, 1)), np.kron(np.eye(t), np.ones((n, 1)))[:, 1:]])
+    dummies = np.column_stack([np.tile(np.eye(n), (t, 1)), np.kron(np.eye(t), year_columns[:, None])[:, 1:]])
     kappa2 = 1e12
     resid = (y - m).T.ravel()
-    for d in range(2):
-        big_a = np.kron(np.eye(t), np.eye(n) - rho[d] * wd)
-        # (sigma^2 I + kappa^2 D D')^-1 by Woodbury, exact to O(sigma^2 / kappa^2)
-        inner = np.linalg.inv(dummies.T @ dummies + sigma[d] ** 2 / kappa2 * np.eye(dummies.shape[1]))
-        cov_inv = (np.eye(n * t) - dummies @ inner @ dummies.T) / sigma[d] ** 2
-        q = big_a.T @ cov_inv @ big_a
-        for i in (0, 5, n - 2, n - 1):
-            for k in range(t):
-                j = k * n + i
-                others = np.delete(np.arange(n * t), j)
-                mean = m[i, k] - q[j, others] @ resid[others] / q[j, j]
-                ref = st.norm.logpdf(y[i, k], mean, np.sqrt(1.0 / q[j, j]))
-                assert got[d, i, k] == pytest.approx(ref, abs=1e-8)
+    big_a = np.kron(np.eye(t), np.eye(n) - rho * wd)
+    # (sigma^2 I + kappa^2 D D')^-1 by Woodbury, exact to O(sigma^2 / kappa^2)
+    inner = np.linalg.inv(dummies.T @ dummies + sigma ** 2 / kappa2 * np.eye(dummies.shape[1]))
+    q = big_a.T @ ((np.eye(n * t) - dummies @ inner @ dummies.T) / sigma ** 2) @ big_a
+    for i in (0, 5, n - 2, n - 1):
+        for k in range(t):
+            j = k * n + i
+            others = np.delete(np.arange(n * t), j)
+            mean = m[i, k] - q[j, others] @ resid[others] / q[j, j]
+            ref = st.norm.logpdf(y[i, k], mean, np.sqrt(1.0 / q[j, j]))
+            assert got[i, k] == pytest.approx(ref, abs=1e-8)
 
 
 
@@ -245,20 +253,8 @@ def test_conditional_loglik_with_data_level_years_matches_brute_force():
     u = np.stack([(np.eye(n) - r * wd) @ panelops.within(y - m) for r in rho])  # A of the within residual
     e = S.project_out_years(u, a)
     got = S.conditional_loglik(e, rho, sigma, w, two_way=True, data_level_years=True)
-    resid = (y - m).T.ravel()  # stacked year by year: index k * n + i
-    kappa2 = 1e12
     for d in range(2):
-        dummies = np.column_stack([np.tile(np.eye(n), (t, 1)), np.kron(np.eye(t), a[d][:, None])[:, 1:]])
-        big_a = np.kron(np.eye(t), np.eye(n) - rho[d] * wd)
-        inner = np.linalg.inv(dummies.T @ dummies + sigma[d] ** 2 / kappa2 * np.eye(dummies.shape[1]))
-        q = big_a.T @ ((np.eye(n * t) - dummies @ inner @ dummies.T) / sigma[d] ** 2) @ big_a
-        for i in (0, 5, n - 2, n - 1):
-            for k in range(t):
-                j = k * n + i
-                others = np.delete(np.arange(n * t), j)
-                mean = m[i, k] - q[j, others] @ resid[others] / q[j, j]
-                ref = st.norm.logpdf(y[i, k], mean, np.sqrt(1.0 / q[j, j]))
-                assert got[d, i, k] == pytest.approx(ref, abs=1e-8)
+        _assert_dense_conditional(got[d], y, m, wd, rho[d], sigma[d], year_columns=a[d])
 
 
 def test_the_bayesian_sem_likelihood_is_the_integrated_gaussian_with_year_effects_in_y():

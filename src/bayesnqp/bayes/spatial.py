@@ -44,10 +44,14 @@ def conditional_loglik(e: np.ndarray, rho: np.ndarray, sigma: np.ndarray, weight
     wte = (w.T @ e.transpose(1, 0, 2).reshape(n, -1)).reshape(n, draws, t).transpose(1, 0, 2)
     r = rho[:, None, None]
     quad = 1.0 + r ** 2 * c[None, :, None]
-    if two_way:
-        v = year_direction(rho, weights) if data_level_years else np.ones((draws, n))
-        atv = v - rho[:, None] * (w.T @ v.T).T  # (A'v)_i per draw
-        quad = (1.0 - 1.0 / t) * (quad - (atv ** 2 / (v ** 2).sum(axis=1, keepdims=True))[:, :, None])
+    if two_way:  # (A'v)_i^2 / v'v for the year direction v: 1, or a = A 1 for data-level year effects
+        if data_level_years:
+            v = year_direction(rho, weights)
+            share = (v - rho[:, None] * (w.T @ v.T).T) ** 2 / (v ** 2).sum(axis=1, keepdims=True)
+        else:
+            s = np.asarray(w.sum(axis=0)).ravel()
+            share = (1.0 - rho[:, None] * s[None, :]) ** 2 / n
+        quad = (1.0 - 1.0 / t) * (quad - share[:, :, None])
     qii = quad / sigma[:, None, None] ** 2
     resid = (e - r * wte) / sigma[:, None, None] ** 2 / qii
     return 0.5 * np.log(qii / (2 * np.pi)) - 0.5 * qii * resid**2

@@ -325,6 +325,6 @@ def load_spec(name_or_path: str | Path) -> ModelSpec:
     home = bundled("models") / f"{spec.id}.toml"
     if not spec.oracle and home.is_file() and path.resolve() != home.resolve():
         # the user's copy of a bundled analysis keeps its oracle unless it names another
-        spec = spec.replace(oracle=parse_spec(tomllib.loads(home.read_text(encoding="utf-8")), str(home)).oracle)
+        spec = spec.replace(oracle=load_bundled(spec.id).oracle)
     return spec
 

@@ -9,6 +9,7 @@ import pandas as pd
 
 from .. import frequentist as fq
 from ..frequentist import bootstrap as bb
+from ..frequentist.panel import SeType
 from .. import names
 from ..report.tables import paper_table
 from ..results import AnalysisResult
@@ -86,12 +87,15 @@ def stage_frequentist(ctx: RunContext) -> None:
     _bootstrap_section(ctx)
 
 
+def _regression_inputs(ctx: RunContext) -> tuple[pd.DataFrame, str, str, list[str], SeType]:
+    """What every oracle regression takes: the panel, outcome, treatment, controls and SE type."""
+    study, r = ctx.study, ctx.study.roles
+    return study.frame, r.outcome, r.treatment, list(r.controls), study.config.se
+
+
 def _table3_section(ctx: RunContext) -> None:
-    study, report = ctx.study, ctx.report
-    r = study.roles
-    paper = report.labels.paper
-    f, se, controls = study.frame, study.config.se, list(r.controls)
-    outcome, treatment = r.outcome, r.treatment
+    report, paper = ctx.report, ctx.report.labels.paper
+    f, outcome, treatment, controls, se = _regression_inputs(ctx)
 
     sec = report.section("table3", "Baseline regressions (the paper's Table 3), frequentist" if paper
                          else "Baseline regressions, frequentist")
@@ -108,11 +112,8 @@ def _table3_section(ctx: RunContext) -> None:
 
 
 def _iv_section(ctx: RunContext) -> None:
-    study, report = ctx.study, ctx.report
-    r = study.roles
-    paper = report.labels.paper
-    f, se, controls = study.frame, study.config.se, list(r.controls)
-    outcome, treatment = r.outcome, r.treatment
+    report, r, paper = ctx.report, ctx.study.roles, ctx.report.labels.paper
+    f, outcome, treatment, controls, se = _regression_inputs(ctx)
 
     sec = report.section("iv", "Endogeneity: instrumental variables and sensitivity")
     if r.instrument:
@@ -149,14 +150,12 @@ def _iv_section(ctx: RunContext) -> None:
 
 
 def _robustness_section(ctx: RunContext) -> None:
-    study, report = ctx.study, ctx.report
-    r = study.roles
-    f, se, controls = study.frame, study.config.se, list(r.controls)
-    outcome, treatment = r.outcome, r.treatment
+    report = ctx.report
+    f, outcome, treatment, controls, se = _regression_inputs(ctx)
 
     sec = report.section("robustness", "Robustness of the two-way FE estimate")
     # dropping the four municipalities means something only where they are in the data
-    has_municipalities = bool(set(names.MUNICIPALITY_ADCODES) & set(study.cities))
+    has_municipalities = bool(set(names.MUNICIPALITY_ADCODES) & set(ctx.study.cities))
 
     def robustness():
         out = fq.robustness(f, outcome, treatment, controls, se=se)
@@ -171,11 +170,8 @@ def _robustness_section(ctx: RunContext) -> None:
 
 
 def _mechanisms_section(ctx: RunContext) -> None:
-    study, report = ctx.study, ctx.report
-    r = study.roles
-    paper = report.labels.paper
-    f, se, controls = study.frame, study.config.se, list(r.controls)
-    treatment = r.treatment
+    report, r, paper = ctx.report, ctx.study.roles, ctx.report.labels.paper
+    f, _, treatment, controls, se = _regression_inputs(ctx)
 
     sec = report.section("mechanisms", "Mechanisms (the paper's Table 4), frequentist" if paper
                          else "Mechanisms, frequentist")
@@ -191,10 +187,8 @@ def _mechanisms_section(ctx: RunContext) -> None:
 
 
 def _heterogeneity_section(ctx: RunContext) -> None:
-    study, report = ctx.study, ctx.report
-    r = study.roles
-    f, se, controls = study.frame, study.config.se, list(r.controls)
-    outcome, treatment = r.outcome, r.treatment
+    report, r = ctx.report, ctx.study.roles
+    f, outcome, treatment, controls, se = _regression_inputs(ctx)
 
     sec = report.section("heterogeneity", "Heterogeneity: median splits, frequentist")
     if r.splitters:
