@@ -109,10 +109,11 @@ def _bayes_draws(frame: pd.DataFrame, process: str, honest: bool, seed: int) -> 
         out = {"beta_low": post["beta_group"].sel(group="low").values,
                "beta_high": post["beta_group"].sel(group="high").values, "difference": post["difference"].values}
     else:
+        # the study's own driver: for the honest model it also fits the model without random slopes and
+        # keeps them only where leave-one-city-out LOO prefers them (options.errors_by_loo)
         spec = load_spec("bayes_table3_col4" if honest else "bayes_table3_col4_iid")
-        model, idata, _ = panel.fit_spec(frame, spec, ("develop",), _settings(seed))
-        out = {"beta": idata.posterior["beta"].sel(coef="agglomeration").values}
-        res = panel.finish(spec, model, idata, oracle=None, meant_to_match=False, agreement_note="")
+        res = panel.fit_panel(frame, ("develop",), _settings(seed), spec, None)
+        out = {"beta": res.idata.posterior["beta"].sel(coef="agglomeration").values}
     d = res.diagnostics
     import arviz as az
 
@@ -120,7 +121,11 @@ def _bayes_draws(frame: pd.DataFrame, process: str, honest: bool, seed: int) -> 
     key_ess = min(float(az.ess(np.asarray(v).reshape(CHAINS, -1), method="bulk")) for v in out.values())
     return out, {"max_r_hat": d.max_r_hat, "min_ess_bulk": d.min_ess_bulk, "divergences": d.divergences,
                  "min_ess_bulk_key": key_ess, "step_size": float(stats["step_size"].mean()),
-                 "mean_leapfrog_steps": float(stats["n_steps"].mean()) if "n_steps" in stats else float("nan")}
+                 "mean_leapfrog_steps": float(stats["n_steps"].mean()) if "n_steps" in stats else float("nan"),
+                 # which options the honest model kept (the groups' honest model always has them all; the iid
+                 # model none)
+                 **{f"{option}_kept": float(res.extra.get("error_options_loo", {}).get(option, {}).get("kept", honest))
+                    for option in ("random_slope", "city_scales")}}
 
 
 def replicate(process: str, seeds: list[int]) -> list[dict[str, Any]]:
@@ -179,6 +184,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
                                     "mean_step_size": float(g["step_size"].mean()),
                                     "mean_leapfrog_steps": float(g["mean_leapfrog_steps"].mean()),
                                     "share_with_divergences": float((g["divergences"] > 0).mean()),
+                                    "share_random_slope_kept": float(g["random_slope_kept"].mean()),
+                                    "share_city_scales_kept": float(g["city_scales_kept"].mean()),
                                     "mean_seconds": float(g["seconds"].mean())}
                                 for m, g in diag.groupby("method")}
         out.setdefault(process, {})[quantity] = {"replications": int(len(chunk)), **block}
@@ -221,6 +228,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--processes", nargs="*", default=None)
     parser.add_argument("--out", type=Path, default=RESULTS / "calibration.json")
+    parser.add_argument("--label", default=time.strftime("%Y-%m-%d"),
+                        help="names this run in the file (processes kept from it by a later partial run say so)")
     args = parser.parse_args()
     from bayesnqp.simulate import PROCESSES
 
@@ -247,11 +256,19 @@ def main() -> None:
 
 
 def write(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: float, complete: bool) -> None:
-    """The JSON (and figure) of the replications so far; ``complete`` says whether all have finished."""
+    """The JSON (and figure) of the replications so far; ``complete`` says whether all have finished.
+    Processes not rerun (``--processes``) keep their block from the previous file, and say so."""
     summary = summarise(rows)
+    previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+    kept = {p: block for p, block in previous.get("summary", {}).items() if p not in summary}
+    for process, block in kept.items():
+        for quantity in block.values():
+            quantity.setdefault("from_earlier_run", previous.get("run_label", "an earlier run"))
+    summary = {**summary, **kept}
     result = {"what": __doc__.split("\n\n")[0], "prob": PROB, "panel": "100 cities x 8 years",
               "draws": DRAWS, "tune": TUNE, "chains": CHAINS, "replications_planned": args.reps,
-              "complete": complete, "workers": args.workers, "wall_seconds": seconds, "summary": summary}
+              "complete": complete, "workers": args.workers, "wall_seconds": seconds,
+              "processes_run": sorted({r["process"] for r in rows}), "run_label": args.label, "summary": summary}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     figure(summary, args.out.with_suffix(".png"))

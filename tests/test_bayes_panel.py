@@ -141,6 +141,8 @@ def test_col4_recovers_truth_and_matches_two_way_fe():
     # iid data: the error structure finds no AR(1), and the honest model stays on the FE estimate
     assert (honest.agreement["z"].abs() <= 0.5).all(), honest.agreement
     assert panel.hdi_contains(honest.idata, "phi", 0.0)
+    # no slope or scale variation in this panel: neither earns its place
+    assert not any(r["kept"] for r in honest.extra["error_options_loo"].values())
     loo = honest.extra["error_structure_loo"]
     assert loo["unit"].startswith("leave-one-city-out") and {"bayes_table3_col4", "bayes_table3_col4_iid"} <= set(loo)
     pp = col4.extra["prior_predictive"]
@@ -156,6 +158,33 @@ def test_col4_recovers_truth_and_matches_two_way_fe():
     rng = np.random.default_rng(7)
     u_true = rng.normal(0.0, 1.0, 60)
     assert np.corrcoef(u.mean(("chain", "draw")).values, u_true)[0, 1] > 0.9
+
+
+@pytest.mark.recovery
+def test_error_options_earn_their_place_by_leave_one_city_out_loo():
+    """The honest column (4) keeps random city slopes where slopes vary across cities and city error
+    scales where error sd varies across cities, and drops each where it does not (LOO margin 4 nats);
+    either way the truth lies in the 94% HDI of the key slope."""
+    spec = load_spec("bayes_table3_col4")
+    settings = SamplerSettings(draws=1000, tune=500, chains=2, seed=2)
+    for process, slopes_vary, scales_vary in (("random_slopes", True, False), ("ar1_scales", False, True)):
+        frame, truth = simulate.calibration_panel(process, seed=2)
+        res = panel.fit_panel(frame, ("develop",), settings, spec, None)
+        record = res.extra["error_options_loo"]
+        assert list(record) == ["random_slope", "city_scales"]
+        for option, param, varies in (("random_slope", "slope_sd", slopes_vary),
+                                      ("city_scales", "city_scale_sd", scales_vary)):
+            assert record[option]["kept"] is varies, (process, record)
+            assert (record[option]["elpd_diff"] > 4.0) is varies
+            assert (param in res.idata.posterior) is varies
+        assert "phi" in res.idata.posterior
+        assert res.diagnostics.ok, (process, res.diagnostics.flags)
+        # the key slope (the calibrated quantity; a 94% interval of the control misses 6% of the time)
+        assert panel.hdi_contains(res.idata, "beta", np.array([truth["beta"], simulate.CONTROL_BETA]))[0]
+    for bad in ({"errors_by_loo": ["ar1", "city_scales", "random_slope"]},  # nothing left untried
+                {"errors": ["ar1"], "errors_by_loo": ["random_slope"]}):  # not among the errors
+        with pytest.raises(ValueError, match="errors_by_loo"):
+            panel.fit_panel(frame, ("develop",), settings, spec.replace(options={**spec.options, **bad}), None)
 
 
 @pytest.mark.recovery
@@ -286,6 +315,8 @@ def test_col4_on_the_demo_matches_two_way_fe():
     # the error structure earns its place: leave-one-city-out LOO prefers it by far on the demo
     loo = honest.extra["error_structure_loo"]
     assert loo["best"] == "bayes_table3_col4"
+    # the demo draws city-specific slopes and error scales: both earn their place by far
+    assert all(r["elpd_diff"] > 20 for r in honest.extra["error_options_loo"].values())
     assert loo["bayes_table3_col4_iid"]["elpd_diff"] < -3 * loo["bayes_table3_col4_iid"]["dse"]
 
 

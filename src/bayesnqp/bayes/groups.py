@@ -31,7 +31,7 @@ from .. import names
 from ..names import AGGLOMERATION, CITY
 from ..panelops import median_split as median_split_values
 from ..results import AnalysisResult
-from .panel import draw_group_mean, fit_spec, finish
+from .panel import draw_group_mean, finish, fit_selecting_errors
 from .result import BayesResult
 from .sampling import SamplerSettings
 from .spec import ModelSpec, load_spec
@@ -73,7 +73,8 @@ def fit_groups(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], split
     results = []
     for splitter in splitters:
         labels = median_split(frame, splitter)
-        model, idata, pdata = fit_spec(frame, spec, controls, settings, slope_groups=labels, group_dim=names.GROUP)
+        model, idata, pdata, selection, selection_notes = fit_selecting_errors(
+            frame, spec, controls, settings, slope_groups=labels, group_dim=names.GROUP)
         draw_group_mean(idata, spec, pdata, seed=settings.seed, dim=names.GROUP)
         bg = idata.posterior["beta_group"]
         diff = bg.sel(group="high") - bg.sel(group="low")
@@ -91,12 +92,12 @@ def fit_groups(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], split
                                      "sigma_city", "phi", "city_scale_sd", "slope_sd"])
         counts = labels.value_counts()
         extra: dict[str, Any] = {"splitter": splitter, "p_high_gt_low": p_high,
-                                 "n_cities": {g: int(counts.get(g, 0)) for g in GROUPS}}
+                                 "n_cities": {g: int(counts.get(g, 0)) for g in GROUPS}, **selection}
         results.append(finish(spec, model, idata, oracle=oracle, terms=terms, meant_to_match=False, pdata=pdata,
                               agreement_note=GROUP_NOTE, var_names=var_names, extra=extra,
                               result_id=f"{spec.id}_{splitter}",
                               title=f"{spec.title}: {splitter}",
-                              notes=(f"P(high > low) = {p_high:.3f}",)))
+                              notes=(f"P(high > low) = {p_high:.3f}", *selection_notes)))
     return results
 
 
@@ -141,8 +142,8 @@ def fit_province_slopes(frame: pd.DataFrame, controls: tuple[str, ...] | list[st
     if missing:
         raise ValueError(f"no province for cities {missing[:5]}")
     labels_of_cities = names_.loc[list(cities)].astype(str)
-    model, idata, pdata = fit_spec(frame, spec, controls, settings, slope_groups=labels_of_cities,
-                                   group_dim=names.PROVINCE)
+    model, idata, pdata, selection, selection_notes = fit_selecting_errors(
+        frame, spec, controls, settings, slope_groups=labels_of_cities, group_dim=names.PROVINCE)
     draw_group_mean(idata, spec, pdata, seed=settings.seed, dim=names.PROVINCE)
     var_names = reported(idata, ["beta_group", "group_mean", "group_sd", "beta", "sigma", "sigma_city", "phi",
                                  "city_scale_sd", "slope_sd"])
@@ -151,9 +152,9 @@ def fit_province_slopes(frame: pd.DataFrame, controls: tuple[str, ...] | list[st
     bg = idata.posterior["beta_group"]
     p_pos = (bg > 0).mean(("chain", "draw")).to_series()
     extra = {"n_provinces": int(len(counts)), "cities_per_province": {str(k): int(v) for k, v in counts.items()},
-             "p_positive": {str(k): float(v) for k, v in p_pos.items()}}
+             "p_positive": {str(k): float(v) for k, v in p_pos.items()}, **selection}
     return finish(spec, model, idata, oracle=None, meant_to_match=False, agreement_note="", pdata=pdata,
-                  var_names=var_names, extra=extra, figures={"province_slopes": fig})
+                  var_names=var_names, extra=extra, figures={"province_slopes": fig}, notes=selection_notes)
 
 
 def forest_plot(idata: az.InferenceData, var: str, dim: str, counts: pd.Series | None = None,

@@ -24,6 +24,7 @@ from ..results import AnalysisResult
 from .panel_data import PanelData, choose_city_param, outcome_scale, panel_data
 from .panel_model import (FITTED_MEAN, build_panel_model, city_effects_marginal, marginal_city_logp,
                           prior)
+from .error_selection import options_by_loo, select_error_options, selection_note
 from .result import BayesResult, assemble
 from .sampling import SamplerSettings, sample
 from .spec import ModelSpec, load_spec
@@ -185,6 +186,23 @@ def fit_spec(frame: pd.DataFrame, spec: ModelSpec, controls: tuple[str, ...] | l
     return model, idata, pdata
 
 
+def fit_selecting_errors(frame: pd.DataFrame, spec: ModelSpec, controls: tuple[str, ...] | list[str],
+                         settings: SamplerSettings, **fit_options: Any
+                         ) -> tuple[pm.Model, az.InferenceData, PanelData, dict[str, Any], tuple[str, ...]]:
+    """``fit_spec``, then each error option of ``options.errors_by_loo`` dropped unless leave-one-city-out
+    LOO prefers the fit with it (``error_selection``). Returns the fit kept, the record of the options
+    tried (under ``error_options_loo``, empty when none) and the report's note on them."""
+    by_loo = options_by_loo(spec)  # checked before anything is sampled
+    model, idata, pdata = fit_spec(frame, spec, controls, settings, log_likelihood=panel_kind(spec) == "honest",
+                                   **fit_options)
+    if not by_loo:
+        return model, idata, pdata, {}, ()
+    (model, idata, pdata), record = select_error_options(
+        spec, (model, idata, pdata),
+        lambda reduced: fit_spec(frame, reduced, controls, settings, log_likelihood=True, **fit_options))
+    return model, idata, pdata, {"error_options_loo": record}, (selection_note(record),)
+
+
 MATCH_NOTES = {
     "pooled": "Weak priors and a Normal likelihood: the posterior mean reproduces pooled OLS.",
     "year": ("Year effects of fixed prior scale (the Bayesian year dummies) and no city effects: the posterior "
@@ -236,8 +254,7 @@ def fit_panel(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], settin
     oracle; ``meant_to_match`` and the note follow from what the spec rebuilds (``panel_kind``).
     ``options.prior_predictive`` adds the prior predictive check."""
     kind = panel_kind(spec)
-    model, idata, pdata = fit_spec(frame, spec, controls, settings, log_likelihood=kind == "honest")
-    extra: dict[str, Any] = {}
+    model, idata, pdata, extra, notes = fit_selecting_errors(frame, spec, controls, settings)
     figures: dict[str, Any] = {}
     if spec.options.get("prior_predictive"):
         check = prior_predictive_check(model, pdata, seed=spec.sampler_settings(settings).seed,
@@ -248,7 +265,7 @@ def fit_panel(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], settin
     if oracle is not None and oracle.id.endswith("_ls"):  # a new analysis from the user's folder
         note = "Your model, compared with least squares on the same terms and effects. " + note
     return finish(spec, model, idata, oracle=oracle, meant_to_match=kind in ("pooled", "year", "city", "twoway"),
-                  agreement_note=note, extra=extra, figures=figures, pdata=pdata)
+                  agreement_note=note, extra=extra, figures=figures, notes=notes, pdata=pdata)
 
 
 def fit_random_effects(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], settings: SamplerSettings,
@@ -293,7 +310,7 @@ def prior_predictive_check(model: pm.Model, pdata: PanelData, *, seed: int, draw
     return PriorPredictive(numbers=numbers, figure=fig)
 
 
-__all__ = ["PanelData", "panel_data", "build_panel_model", "fit_spec", "fit_panel", "panel_kind",
-           "city_effects_marginal", "marginal_city_logp", "draw_city_effects", "fit_random_effects",
+__all__ = ["PanelData", "panel_data", "build_panel_model", "fit_spec", "fit_selecting_errors", "fit_panel",
+           "panel_kind", "city_effects_marginal", "marginal_city_logp", "draw_city_effects", "fit_random_effects",
            "prior_predictive_check", "finish", "panel_fitted", "prior", "hdi_contains"]
 

@@ -49,8 +49,8 @@ _SAMPLER_KEYS = {"draws", "tune", "chains", "target_accept", "sampler"}
 # The model families and the [options] each one reads; anything else in a spec is an error, so no field
 # is decorative. A value listed as a tuple must be one of those values.
 BUILDER_OPTIONS: dict[str, dict[str, tuple[Any, ...] | None]] = {
-    "panel": {"city_effects": None, "errors": None, "slopes": None, "city_param": None, "likelihoods": None,
-              "slope_groups": ("median_split", "province"), "prior_predictive": (True, False)},
+    "panel": {"city_effects": None, "errors": None, "errors_by_loo": None, "slopes": None, "city_param": None,
+              "likelihoods": None, "slope_groups": ("median_split", "province"), "prior_predictive": (True, False)},
     "iv": {},
     "mediation": {"ppc_draws": None, "sensitivity_step": None},
     "car": {"mundlak": (True, False), "parametrisation": None},

@@ -10,10 +10,10 @@ import arviz as az
 import numpy as np
 import pandas as pd
 import pymc as pm
-import xarray as xr
 
-from ..names import CITY, COEF, YEAR, OBS
+from ..names import COEF, YEAR
 from ..results import AnalysisResult
+from .error_selection import city_loo, loo_of
 from .panel import fit_panel
 from .result import BayesResult
 from .sampling import SamplerSettings
@@ -82,28 +82,12 @@ def compare_error_structures(honest: tuple[pm.Model, az.InferenceData], iid: tup
     density of its within-city contrasts (the structured model's pointwise entries summed per city; the
     iid model's from ``within_city_loglik_iid``). Returns per model elpd, se, p_loo, the share of Pareto k
     above 0.7 and the elpd difference to the better one."""
-    import warnings
-
-    from .errors import city_sums
-
     model, idata = honest
-    city_idx = np.asarray(model["city_idx"].get_value())
-    per_city = {"bayes_table3_col4": city_sums(idata.log_likelihood["nqp"].transpose("chain", "draw", OBS).values,
-                                               city_idx, int(city_idx.max()) + 1),
-                "bayes_table3_col4_iid": within_city_loglik_iid(*iid)}
-    posteriors = {"bayes_table3_col4": idata.posterior, "bayes_table3_col4_iid": iid[1].posterior}
     out: dict[str, Any] = {}
     pointwise: dict[str, np.ndarray] = {}
-    for name, ll in per_city.items():
-        data = az.InferenceData(posterior=posteriors[name],
-                                log_likelihood=xr.Dataset({"nqp": (("chain", "draw", CITY), ll)}))
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*(Pareto|shape parameter).*", category=UserWarning)
-            loo = az.loo(data, pointwise=True)
-        k = np.asarray(loo.pareto_k)
-        pointwise[name] = np.asarray(loo.loo_i)
-        out[name] = {"elpd_loo": float(loo.elpd_loo), "se": float(loo.se), "p_loo": float(loo.p_loo),
-                     "share_k_above_0.7": float(np.mean(k > 0.7))}
+    out["bayes_table3_col4"], pointwise["bayes_table3_col4"] = city_loo(model, idata, "nqp")
+    out["bayes_table3_col4_iid"], pointwise["bayes_table3_col4_iid"] = loo_of(iid[1].posterior,
+                                                                              within_city_loglik_iid(*iid))
     best = max(out, key=lambda m: out[m]["elpd_loo"])
     for name in list(out):
         diff = pointwise[name] - pointwise[best]  # paired over the same cities
