@@ -108,4 +108,10 @@ def selection_note(record: dict[str, Any]) -> str:
         parts.append(f"{label.get(option, option)} {verdict}: leave-one-city-out elpd with them minus without "
                      f"= {r['elpd_diff']:.1f} (se {r['dse']:.1f}); an option is kept only when it improves the "
                      f"elpd by more than {LOO_MARGIN:.0f} nats.")
+        high_k = max(r["share_k_above_0.7_with"], r["share_k_above_0.7_without"])
+        if high_k > 0.01:
+            # each city's own error-scale innovation is sampled, so leaving a city out moves it a lot
+            parts.append(f"Pareto k is above 0.7 for {high_k:.0%} of cities in this comparison (models with city "
+                         "error scales sample one scale per city), so the difference is approximate: trust "
+                         "it when it is far from the margin.")
     return " ".join(parts)
