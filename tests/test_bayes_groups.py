@@ -169,3 +169,22 @@ def test_group_slopes_with_group_trends_target_the_interacted_two_way_fe():
     for group, term in (("low", "agg_low"), ("high", "agg_high")):
         z = (float(post.sel(group=group)) - fit.coef()[term]) / fit.se()[term]
         assert abs(z) < 0.5, (group, z)
+
+
+@pytest.mark.recovery
+def test_group_models_read_errors_by_loo():
+    """A group spec with structured errors and ``errors_by_loo``: the random slopes are tried by
+    leave-one-city-out LOO (the groups' slopes are all the panel has, so they are dropped) and the group
+    slopes still cover the truth."""
+    frame, _ = group_trend_panel(seed=1)
+    spec = load_spec("bayes_groups")
+    spec = spec.replace(options={**spec.options, "city_effects": "marginal", "errors": ["ar1", "random_slope"],
+                                 "errors_by_loo": ["random_slope"]},
+                        priors={**spec.priors, "phi": {"dist": "beta", "alpha": 2.0, "beta": 2.0},
+                                "slope_sd": {"dist": "halfnormal", "sigma": 0.5}})
+    (res,) = groups.fit_groups(frame, ("develop",), ["digital_support"], FAST, {}, spec=spec)
+    record = res.extra["error_options_loo"]["random_slope"]
+    assert not record["kept"] and "slope_sd" not in res.idata.posterior and "phi" in res.idata.posterior
+    assert any("random city slopes dropped" in note for note in res.notes)
+    assert res.diagnostics.ok, res.diagnostics.flags
+    assert panel.hdi_contains(res.idata, "beta_group", np.array([0.5, 1.5])).all()
