@@ -8,7 +8,9 @@ the same replications:
 * ``bayes_iid``: column (4) with iid errors (``bayes_table3_col4_iid``; for groups, ``bayes_groups``
   with iid errors);
 * ``bayes_honest``: the same with AR(1) errors, city error scales and random city slopes, city effects
-  integrated out (``bayes_table3_col4``; for groups, ``bayes_groups`` with the same error options);
+  integrated out (``bayes_table3_col4`` through the study's driver, so the random slopes and then the city
+  scales are kept only where leave-one-city-out LOO prefers them; for groups, ``bayes_groups`` with all
+  three error options always on);
 * ``bootstrap``: the city-level Bayesian bootstrap of the two-way FE estimate (94% HDI of its draws);
 * ``crv1``: the two-way FE estimate with CRV1 standard errors by city and a t(G - 1) interval (pyfixest).
 
@@ -108,12 +110,17 @@ def _bayes_draws(frame: pd.DataFrame, process: str, honest: bool, seed: int) -> 
         post = res.idata.posterior
         out = {"beta_low": post["beta_group"].sel(group="low").values,
                "beta_high": post["beta_group"].sel(group="high").values, "difference": post["difference"].values}
-    else:
-        # the study's own driver: for the honest model it also fits the model without random slopes and
-        # keeps them only where leave-one-city-out LOO prefers them (options.errors_by_loo)
-        spec = load_spec("bayes_table3_col4" if honest else "bayes_table3_col4_iid")
-        res = panel.fit_panel(frame, ("develop",), _settings(seed), spec, None)
+    elif honest:
+        # the study's own driver: it also fits the model without the random slopes, then without the city
+        # scales, and keeps each only where leave-one-city-out LOO prefers it (options.errors_by_loo)
+        res = panel.fit_panel(frame, ("develop",), _settings(seed), load_spec("bayes_table3_col4"), None)
         out = {"beta": res.idata.posterior["beta"].sel(coef="agglomeration").values}
+    else:
+        # sampled alone (fit_panel would add the iid spec's prior predictive check to every replication)
+        spec = load_spec("bayes_table3_col4_iid")
+        model, idata, _ = panel.fit_spec(frame, spec, ("develop",), _settings(seed))
+        out = {"beta": idata.posterior["beta"].sel(coef="agglomeration").values}
+        res = panel.finish(spec, model, idata, oracle=None, meant_to_match=False, agreement_note="")
     d = res.diagnostics
     import arviz as az
 
@@ -122,10 +129,15 @@ def _bayes_draws(frame: pd.DataFrame, process: str, honest: bool, seed: int) -> 
     return out, {"max_r_hat": d.max_r_hat, "min_ess_bulk": d.min_ess_bulk, "divergences": d.divergences,
                  "min_ess_bulk_key": key_ess, "step_size": float(stats["step_size"].mean()),
                  "mean_leapfrog_steps": float(stats["n_steps"].mean()) if "n_steps" in stats else float("nan"),
-                 # which options the honest model kept (the groups' honest model always has them all; the iid
-                 # model none)
-                 **{f"{option}_kept": float(res.extra.get("error_options_loo", {}).get(option, {}).get("kept", honest))
-                    for option in ("random_slope", "city_scales")}}
+                 **options_kept(res, honest)}
+
+
+def options_kept(res, honest: bool) -> dict[str, float]:
+    """Which error options the fit carries: as selected by LOO, else all (the groups' honest model) or
+    none (the iid model)."""
+    selected = res.extra.get("error_options_loo", {})
+    return {f"{option}_kept": float(selected[option]["kept"] if option in selected else honest)
+            for option in ("random_slope", "city_scales")}
 
 
 def replicate(process: str, seeds: list[int]) -> list[dict[str, Any]]:

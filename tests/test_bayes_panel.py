@@ -319,7 +319,8 @@ def test_col4_on_the_demo_matches_two_way_fe():
     # city-specific slopes do not improve the leave-one-city-out fit by the 4-nat margin)
     record = honest.extra["error_options_loo"]
     assert record["city_scales"]["kept"] and record["city_scales"]["elpd_diff"] > 100
-    assert set(record) == {"random_slope", "city_scales"}
+    assert set(record) == {"random_slope", "city_scales"} and not record["random_slope"]["kept"]
+    assert honest.idata.attrs["errors_fitted"] == "ar1,city_scales"
     assert loo["bayes_table3_col4_iid"]["elpd_diff"] < -3 * loo["bayes_table3_col4_iid"]["dse"]
 
 

@@ -187,13 +187,14 @@ def fit_spec(frame: pd.DataFrame, spec: ModelSpec, controls: tuple[str, ...] | l
 
 
 def fit_selecting_errors(frame: pd.DataFrame, spec: ModelSpec, controls: tuple[str, ...] | list[str],
-                         settings: SamplerSettings, **fit_options: Any
+                         settings: SamplerSettings, *, log_likelihood: bool = False, **fit_options: Any
                          ) -> tuple[pm.Model, az.InferenceData, PanelData, dict[str, Any], tuple[str, ...]]:
     """``fit_spec``, then each error option of ``options.errors_by_loo`` dropped unless leave-one-city-out
     LOO prefers the fit with it (``error_selection``). Returns the fit kept, the record of the options
-    tried (under ``error_options_loo``, empty when none) and the report's note on them."""
+    tried (under ``error_options_loo``, empty when none) and the report's note on them. The pointwise
+    log-likelihood is computed where options are tried, or where ``log_likelihood`` asks for it."""
     by_loo = options_by_loo(spec)  # checked before anything is sampled
-    model, idata, pdata = fit_spec(frame, spec, controls, settings, log_likelihood=panel_kind(spec) == "honest",
+    model, idata, pdata = fit_spec(frame, spec, controls, settings, log_likelihood=log_likelihood or bool(by_loo),
                                    **fit_options)
     if not by_loo:
         return model, idata, pdata, {}, ()
@@ -211,8 +212,9 @@ MATCH_NOTES = {
              "posterior mean of beta is the within estimator, so it reproduces city fixed effects."),
     "twoway": ("City effects in Mundlak form and year effects of fixed scale (the Bayesian year dummies): "
                "the posterior mean of beta reproduces the two-way within estimator."),
-    "honest": ("Same mean structure as the two-way within estimator, with AR(1) errors within cities, "
-               "city-specific error scales and random city slopes. It weights cities and years by their "
+    "honest": ("Same mean structure as the two-way within estimator, with AR(1) errors within cities and "
+               "the city-specific error scales and random city slopes its spec lists (those tried by LOO only "
+               "where they earned their place; a note with this result says which). It weights cities and years by their "
                "modelled error covariance (like feasible GLS), so when the model holds its mean sits within "
                "a fraction of a standard error of the least-squares estimate and its interval is narrower "
                "only by the efficiency it gains. A larger |z| means the weighting changes the answer: the "
@@ -254,7 +256,8 @@ def fit_panel(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], settin
     oracle; ``meant_to_match`` and the note follow from what the spec rebuilds (``panel_kind``).
     ``options.prior_predictive`` adds the prior predictive check."""
     kind = panel_kind(spec)
-    model, idata, pdata, extra, notes = fit_selecting_errors(frame, spec, controls, settings)
+    model, idata, pdata, extra, notes = fit_selecting_errors(frame, spec, controls, settings,
+                                                             log_likelihood=kind == "honest")
     figures: dict[str, Any] = {}
     if spec.options.get("prior_predictive"):
         check = prior_predictive_check(model, pdata, seed=spec.sampler_settings(settings).seed,

@@ -13,7 +13,7 @@ import pymc as pm
 
 from ..names import COEF, YEAR
 from ..results import AnalysisResult
-from .error_selection import city_loo, loo_of
+from .error_selection import city_loo, loo_of, paired_difference
 from .panel import fit_panel
 from .result import BayesResult
 from .sampling import SamplerSettings
@@ -85,14 +85,12 @@ def compare_error_structures(honest: tuple[pm.Model, az.InferenceData], iid: tup
     model, idata = honest
     out: dict[str, Any] = {}
     pointwise: dict[str, np.ndarray] = {}
-    out["bayes_table3_col4"], pointwise["bayes_table3_col4"] = city_loo(model, idata, "nqp")
+    out["bayes_table3_col4"], pointwise["bayes_table3_col4"] = city_loo(model, idata)
     out["bayes_table3_col4_iid"], pointwise["bayes_table3_col4_iid"] = loo_of(iid[1].posterior,
                                                                               within_city_loglik_iid(*iid))
     best = max(out, key=lambda m: out[m]["elpd_loo"])
     for name in list(out):
-        diff = pointwise[name] - pointwise[best]  # paired over the same cities
-        out[name]["elpd_diff"] = float(diff.sum())
-        out[name]["dse"] = float(np.sqrt(len(diff)) * diff.std())
+        out[name]["elpd_diff"], out[name]["dse"] = paired_difference(pointwise[name], pointwise[best])
     out["unit"] = ("leave-one-city-out, density of each city's within-city contrasts (the iid model's draws "
                    "come from its random-effects likelihood, so its importance weights are approximate)")
     out["best"] = best

@@ -239,9 +239,9 @@ def stage_bayes_panel(ctx: RunContext) -> None:
     report.text(sec, "Weakly informative priors on the standardised scale (regressors and outcome standardised "
                      "inside each model; coefficients reported on the original scale). Column (4) comes twice: "
                      "bayes_table3_col4 models AR(1) errors within cities, city error scales and random city "
-                     "slopes (city effects as fixed effects, integrated out; the random slopes are kept only "
-                     "where leave-one-city-out LOO prefers them by more than 4 nats), so its interval reflects "
-                     "that error structure; bayes_table3_col4_iid keeps iid errors with the city effects in "
+                     "slopes (city effects as fixed effects, integrated out; the random slopes and then the city "
+                     "scales are kept only where leave-one-city-out LOO prefers them by more than 4 nats), so "
+                     "its interval reflects that error structure; bayes_table3_col4_iid keeps iid errors with the city effects in "
                      "correlated-random-effects (Mundlak) form, so its posterior reproduces the two-way within "
                      "estimator; bayes_re drops the Mundlak terms to show what they change.")
     table3 = [r for i in TABLE3_IDS for r in fit_analysis(ctx, sec, load_spec(i))]
