@@ -315,12 +315,15 @@ def test_col4_on_the_demo_matches_two_way_fe():
     # the error structure earns its place: leave-one-city-out LOO prefers it by far on the demo
     loo = honest.extra["error_structure_loo"]
     assert loo["best"] == "bayes_table3_col4"
-    # the demo's error sd varies 3.5x across cities: the city scales earn their place by far (its
-    # city-specific slopes do not improve the leave-one-city-out fit by the 4-nat margin)
+    # the demo's error sd varies 3.5x across cities: the city scales earn their place by far. Its random
+    # slopes sit near the 4-nat margin (1.4 on one machine, above 4 on another: with one sampled scale per
+    # city, Pareto k is high and the difference noisy), so only the bookkeeping is checked for them.
     record = honest.extra["error_options_loo"]
     assert record["city_scales"]["kept"] and record["city_scales"]["elpd_diff"] > 100
-    assert set(record) == {"random_slope", "city_scales"} and not record["random_slope"]["kept"]
-    assert honest.idata.attrs["errors_fitted"] == "ar1,city_scales"
+    assert set(record) == {"random_slope", "city_scales"}
+    slopes_kept = record["random_slope"]["kept"]
+    assert honest.idata.attrs["errors_fitted"] == ("ar1,city_scales,random_slope" if slopes_kept else "ar1,city_scales")
+    assert ("slope_sd" in honest.idata.posterior) is slopes_kept
     assert loo["bayes_table3_col4_iid"]["elpd_diff"] < -3 * loo["bayes_table3_col4_iid"]["dse"]
 
 
