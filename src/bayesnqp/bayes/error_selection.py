@@ -31,15 +31,19 @@ from .spec import ModelSpec
 LOO_MARGIN = 4.0
 
 
+def _as_list(value: Any) -> Any:
+    """A spec option given as one string or as a list: as a list (anything else is returned as is)."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else value
+
+
 def options_by_loo(spec: ModelSpec) -> list[str]:
     """The ``options.errors_by_loo`` of a spec, checked against its ``options.errors``: each entry one of
     the spec's error options, and at least one error option left that is not tried (the reduced model
     must still be a structured model, whose LOO terms are per city)."""
-    listed = spec.options.get("errors_by_loo", [])
-    if isinstance(listed, str):
-        listed = [listed]
-    errors = spec.options.get("errors", [])
-    errors = [errors] if isinstance(errors, str) else list(errors or [])
+    listed = _as_list(spec.options.get("errors_by_loo"))
+    errors = list(_as_list(spec.options.get("errors")))
     if not isinstance(listed, (list, tuple)) or not all(isinstance(v, str) for v in listed) \
             or len(set(listed)) < len(listed):
         raise ValueError(f"{spec.id}: options.errors_by_loo must be a list of distinct entries drawn from "
@@ -72,7 +76,8 @@ def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 def loo_of(posterior: xr.Dataset, per_city: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
     """PSIS-LOO of (chain, draw, city) log-densities: elpd, se, p_loo, share of Pareto k above 0.7, and the
     per-city elpd terms."""
-    data = az.InferenceData(posterior=posterior, log_likelihood=xr.Dataset({"y": (("chain", "draw", CITY), per_city)}))
+    data = az.InferenceData(posterior=posterior,
+                            log_likelihood=xr.Dataset({"y": (("chain", "draw", CITY), per_city)}))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(Pareto|shape parameter).*", category=UserWarning)
         loo = az.loo(data, pointwise=True)
@@ -91,8 +96,7 @@ def select_error_options(spec: ModelSpec, full: Fit, refit: Callable[[ModelSpec]
     with fewer error options. Returns the fit kept and, per option tried, the two elpds, their paired
     difference (with it minus without) and its se, and whether it was kept."""
     listed = options_by_loo(spec)
-    errors = spec.options["errors"]
-    current, current_errors = full, [errors] if isinstance(errors, str) else list(errors)
+    current, current_errors = full, list(_as_list(spec.options["errors"]))
     current_loo = city_loo(full[0], full[1])
     record: dict[str, Any] = {}
     for option in listed:
@@ -101,8 +105,8 @@ def select_error_options(spec: ModelSpec, full: Fit, refit: Callable[[ModelSpec]
         reduced_loo = city_loo(reduced[0], reduced[1])
         diff, dse = paired_difference(current_loo[1], reduced_loo[1])
         kept = diff > LOO_MARGIN
-        record[option] = {"elpd_loo_with": current_loo[0]["elpd_loo"], "elpd_loo_without": reduced_loo[0]["elpd_loo"],
-                          "elpd_diff": diff, "dse": dse,
+        record[option] = {"elpd_loo_with": current_loo[0]["elpd_loo"],
+                          "elpd_loo_without": reduced_loo[0]["elpd_loo"], "elpd_diff": diff, "dse": dse,
                           "share_k_above_0.7_with": current_loo[0]["share_k_above_0.7"],
                           "share_k_above_0.7_without": reduced_loo[0]["share_k_above_0.7"], "kept": kept}
         if not kept:

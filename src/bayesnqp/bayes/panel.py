@@ -194,8 +194,8 @@ def fit_selecting_errors(frame: pd.DataFrame, spec: ModelSpec, controls: tuple[s
     tried (under ``error_options_loo``, empty when none) and the report's note on them. The pointwise
     log-likelihood is computed where options are tried, or where ``log_likelihood`` asks for it."""
     by_loo = options_by_loo(spec)  # checked before anything is sampled
-    model, idata, pdata = fit_spec(frame, spec, controls, settings, log_likelihood=log_likelihood or bool(by_loo),
-                                   **fit_options)
+    model, idata, pdata = fit_spec(frame, spec, controls, settings,
+                                   log_likelihood=log_likelihood or bool(by_loo), **fit_options)
     if not by_loo:
         return model, idata, pdata, {}, ()
     (model, idata, pdata), record = select_error_options(
@@ -212,14 +212,14 @@ MATCH_NOTES = {
              "posterior mean of beta is the within estimator, so it reproduces city fixed effects."),
     "twoway": ("City effects in Mundlak form and year effects of fixed scale (the Bayesian year dummies): "
                "the posterior mean of beta reproduces the two-way within estimator."),
-    "honest": ("Same mean structure as the two-way within estimator, with AR(1) errors within cities and "
-               "the city-specific error scales and random city slopes its spec lists (those tried by LOO only "
-               "where they earned their place; a note with this result says which). It weights cities and years by their "
-               "modelled error covariance (like feasible GLS), so when the model holds its mean sits within "
-               "a fraction of a standard error of the least-squares estimate and its interval is narrower "
-               "only by the efficiency it gains. A larger |z| means the weighting changes the answer: the "
-               "city slopes or error scales vary with how much the treatment moves within each city, or the "
-               "treatment is measured with error (quasi-differencing attenuates more). The iid rebuild "
+    "honest": ("Same mean structure as the two-way within estimator, with AR(1) errors within cities and the "
+               "city-specific error scales and random city slopes its spec lists (those tried by LOO only where "
+               "they earned their place; a note with this result says which). It weights cities and years by "
+               "their modelled error covariance (like feasible GLS), so when the model holds its mean sits "
+               "within a fraction of a standard error of the least-squares estimate and its interval is narrower"
+               " only by the efficiency it gains. A larger |z| means the weighting changes the answer: the city "
+               "slopes or error scales vary with how much the treatment moves within each city, or the treatment"
+               " is measured with error (quasi-differencing attenuates more). The iid rebuild "
                "(bayes_table3_col4_iid) reproduces the least-squares point estimate (|z| <= 0.1), and the "
                "bootstrap sd beside it is the design-based spread of that estimate."),
     "random": ("Plain random effects (no Mundlak terms) assume the city effects are independent of the "

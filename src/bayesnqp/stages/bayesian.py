@@ -241,9 +241,9 @@ def stage_bayes_panel(ctx: RunContext) -> None:
                      "bayes_table3_col4 models AR(1) errors within cities, city error scales and random city "
                      "slopes (city effects as fixed effects, integrated out; the random slopes and then the city "
                      "scales are kept only where leave-one-city-out LOO prefers them by more than 4 nats), so "
-                     "its interval reflects that error structure; bayes_table3_col4_iid keeps iid errors with the city effects in "
-                     "correlated-random-effects (Mundlak) form, so its posterior reproduces the two-way within "
-                     "estimator; bayes_re drops the Mundlak terms to show what they change.")
+                     "its interval reflects that error structure; bayes_table3_col4_iid keeps iid errors with the "
+                     "city effects in correlated-random-effects (Mundlak) form, so its posterior reproduces the "
+                     "two-way within estimator; bayes_re drops the Mundlak terms to show what they change.")
     table3 = [r for i in TABLE3_IDS for r in fit_analysis(ctx, sec, load_spec(i))]
     attach_error_structure_loo(table3)  # the two column (4) models compared, before either is rendered
     for result in table3:
