@@ -136,8 +136,11 @@ def options_kept(res, honest: bool) -> dict[str, float]:
     """Which error options the fit carries: as selected by LOO, else all (the groups' honest model) or
     none (the iid model)."""
     selected = res.extra.get("error_options_loo", {})
-    return {f"{option}_kept": float(selected[option]["kept"] if option in selected else honest)
-            for option in ("random_slope", "city_scales")}
+    # the worst share of cities with Pareto k above 0.7 in this fit's LOO comparisons (NaN: none made)
+    high_k = [max(r["share_k_above_0.7_with"], r["share_k_above_0.7_without"]) for r in selected.values()]
+    return {**{f"{option}_kept": float(selected[option]["kept"] if option in selected else honest)
+               for option in ("random_slope", "city_scales")},
+            "loo_share_k_above_0.7": max(high_k) if high_k else float("nan")}
 
 
 def replicate(process: str, seeds: list[int]) -> list[dict[str, Any]]:
@@ -198,6 +201,9 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
                                     "share_with_divergences": float((g["divergences"] > 0).mean()),
                                     "share_random_slope_kept": float(g["random_slope_kept"].mean()),
                                     "share_city_scales_kept": float(g["city_scales_kept"].mean()),
+                                    # over the fits that compared options by LOO (NaN: none did)
+                                    "mean_loo_share_k_above_0.7": float(g["loo_share_k_above_0.7"].mean()),
+                                    "max_loo_share_k_above_0.7": float(g["loo_share_k_above_0.7"].max()),
                                     "mean_seconds": float(g["seconds"].mean())}
                                 for m, g in diag.groupby("method")}
         out.setdefault(process, {})[quantity] = {"replications": int(len(chunk)), **block}
