@@ -8,9 +8,9 @@ the same replications:
 * ``bayes_iid``: column (4) with iid errors (``bayes_table3_col4_iid``; for groups, ``bayes_groups``
   with iid errors);
 * ``bayes_honest``: the same with AR(1) errors, city error scales and random city slopes, city effects
-  integrated out (``bayes_table3_col4`` through the study's driver, so the random slopes and then the city
-  scales are kept only where leave-one-city-out LOO prefers them; for groups, ``bayes_groups`` with all
-  three error options always on);
+  integrated out (``bayes_table3_col4`` through the study's driver, or for groups the bundled
+  ``bayes_groups``, so the random slopes and then the city scales are kept only where leave-one-city-out
+  LOO prefers them);
 * ``bootstrap``: the city-level Bayesian bootstrap of the two-way FE estimate (94% HDI of its draws);
 * ``crv1``: the two-way FE estimate with CRV1 standard errors by city and a t(G - 1) interval (pyfixest).
 
@@ -43,7 +43,6 @@ PROB = 0.94
 # 2 x 750 draws: the honest model's least-mixed parameter (the sd of the log city scales when the truth
 # is 0) reaches bulk ESS ~300 at this length; the key slope's ESS is several times that
 DRAWS, TUNE, CHAINS = 750, 500, 2
-HONEST_ERRORS = ["ar1", "city_scales", "random_slope"]
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -102,11 +101,13 @@ def _bayes_draws(frame: pd.DataFrame, process: str, honest: bool, seed: int) -> 
     from bayesnqp.bayes.spec import load_spec
 
     if process == "groups":
+        # honest: the bundled spec, as the study fits it (AR(1) errors; the random slopes and then the
+        # city scales kept only where LOO prefers them); iid: the same without the error options
         spec = load_spec("bayes_groups")
-        options = {**spec.options, "city_effects": "marginal", "errors": HONEST_ERRORS} if honest else \
-            {k: v for k, v in spec.options.items() if k not in ("errors",)} | {"city_effects": "sampled"}
-        (res,) = bg.fit_groups(frame, ("develop",), ["group_score"], _settings(seed), {},
-                               spec=spec.replace(options=options))
+        if not honest:
+            spec = spec.replace(options={k: v for k, v in spec.options.items() if k not in ("errors", "errors_by_loo")}
+                                | {"city_effects": "sampled"})
+        (res,) = bg.fit_groups(frame, ("develop",), ["group_score"], _settings(seed), {}, spec=spec)
         post = res.idata.posterior
         out = {"beta_low": post["beta_group"].sel(group="low").values,
                "beta_high": post["beta_group"].sel(group="high").values, "difference": post["difference"].values}

@@ -46,6 +46,7 @@ from ..data.weights import SpatialWeights
 from ..errors import InputError, Problem
 from ..results import AnalysisResult
 from ..spatial_linalg import DENSE_LIMIT
+from .errors import IID_ONLY_NOTES
 from .result import BayesResult, SpatialFit, assemble
 from .sampling import SamplerSettings, sample
 from .spatial import model_terms, nonzero_sd, panel_arrays, resolve_spec
@@ -410,7 +411,7 @@ def fit_car(frame: pd.DataFrame, controls: list[str] | tuple[str, ...], weights:
                     terms=None if oracle is None else {t: f"beta[{t}]" for t in terms if t in oracle.coefs.index},
                     meant_to_match=meant, agreement_note=note,
                     notes=(f"{weights.n} regions, {len(weights.edges)} edges, {weights.n_components} "
-                           f"connected component(s), {len(weights.islands)} island(s).",),
+                           f"connected component(s), {len(weights.islands)} island(s).", IID_ONLY_NOTES["car"]),
                     extra=extra, tables={"city_effects": city_table}, spatial=info, model=model,
                     fitted_values=lambda: car_fitted_frame(idata, frame, weights, info))
 

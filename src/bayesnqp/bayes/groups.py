@@ -2,8 +2,10 @@
 splitter) and province-varying slopes, both partially pooled.
 
 Slopes: beta_g ~ Normal(group_mean, group_sd) on the within-city deviation of agglomeration (dims
-``group`` / ``province``); the other regressors keep common slopes, the city effects stay in Mundlak form
-and the year effects zero-sum of fixed scale. Parameterisation (``options.slopes = "auto"``, chosen
+``group`` / ``province``); the other regressors keep common slopes and the year effects are zero-sum of
+fixed scale. The city effects are in Mundlak form, or, with column (4)'s error options (the bundled
+median-split spec), flat-prior fixed effects integrated out beside AR(1) errors, with city error scales
+and random city slopes where leave-one-city-out LOO keeps them (``panel.fit_selecting_errors``). Parameterisation (``options.slopes = "auto"``, chosen
 from a least-squares pre-fit, see panel_data.choose_slope_param): when the group slopes differ by more than
 their noise, the group mean is integrated out while sampling (slopes ~ MVN(0, group_sd^2 I + s^2 J)) and
 drawn afterwards from its exact conditional, because the sampled mean forms a ridge (non-centred) or a
@@ -31,6 +33,7 @@ from .. import names
 from ..names import AGGLOMERATION, CITY
 from ..panelops import median_split as median_split_values
 from ..results import AnalysisResult
+from .errors import IID_ONLY_NOTES
 from .panel import draw_group_mean, finish, fit_selecting_errors
 from .result import BayesResult
 from .sampling import SamplerSettings
@@ -60,7 +63,10 @@ def reported(idata: az.InferenceData, candidates: list[str]) -> list[str]:
 GROUP_NOTE = ("Not meant to match exactly. The oracle fits the two-way FE model separately in each group (its "
               "controls and year effects differ by group); this model keeps common control slopes and year "
               "effects and partially pools the two agglomeration slopes toward their common mean. Both "
-              "differences move the group slopes by amounts that depend on the data; z shows how far.")
+              "differences move the group slopes by amounts that depend on the data; z shows how far. With "
+              "column (4)'s error structure the model also weights cities and years by their modelled error "
+              "covariance (like feasible GLS), which moves the slopes further where slopes or error scales "
+              "vary with how much agglomeration moves within a city.")
 
 
 def fit_groups(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], splitters: list[str] | tuple[str, ...],
@@ -153,8 +159,9 @@ def fit_province_slopes(frame: pd.DataFrame, controls: tuple[str, ...] | list[st
     p_pos = (bg > 0).mean(("chain", "draw")).to_series()
     extra = {"n_provinces": int(len(counts)), "cities_per_province": {str(k): int(v) for k, v in counts.items()},
              "p_positive": {str(k): float(v) for k, v in p_pos.items()}, **selection}
+    notes = selection_notes if spec.options.get("errors") else (IID_ONLY_NOTES["province"],)
     return finish(spec, model, idata, oracle=None, meant_to_match=False, agreement_note="", pdata=pdata,
-                  var_names=var_names, extra=extra, figures={"province_slopes": fig}, notes=selection_notes)
+                  var_names=var_names, extra=extra, figures={"province_slopes": fig}, notes=notes)
 
 
 def forest_plot(idata: az.InferenceData, var: str, dim: str, counts: pd.Series | None = None,

@@ -29,6 +29,7 @@ from .. import names
 from ..names import AGGLOMERATION, CITY, COEF, YEAR
 from ..panelops import two_way_within_uncentred as two_way_demean
 from ..results import AnalysisResult
+from .errors import IID_ONLY_NOTES
 from .result import BayesResult, assemble
 from .sampling import SamplerSettings, sample
 from .spec import ModelSpec, load_spec, prior_param
@@ -151,7 +152,7 @@ def fit_iv(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], distance_
                                          if t in oracle.coefs.index}
     return assemble(spec, idata, var_names, oracle=oracle, terms=terms, agreement_note=IV_NOTE, extra=extra,
                     notes=(f"error correlation {extra['error_corr_mean']:.2f}: "
-                           "endogeneity of agglomeration in the data's terms",),
+                           "endogeneity of agglomeration in the data's terms", IID_ONLY_NOTES["iv"]),
                     model=model, likelihood_potentials=LIKELIHOOD_POTENTIALS,
                     no_fitted_reason="the joint IV model is fitted to two-way within-transformed data, so it "
                                      "has no fitted values in the outcome's own units")

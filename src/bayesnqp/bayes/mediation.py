@@ -69,6 +69,7 @@ from ..panelops import two_way_within
 from ..conventions import agreement as agreement_table
 from ..errors import InputError, Problem
 from ..results import AnalysisResult
+from .errors import IID_ONLY_NOTES
 from .mediation_figures import path_figure, ppc_figure, sensitivity_figure
 from .result import BayesResult, assemble
 from .sampling import SamplerSettings, sample
@@ -530,7 +531,7 @@ def fit_mediation(frame: pd.DataFrame, controls: tuple[str, ...] | list[str],
                                                   float(spec.options.get("sensitivity_step", 0.01)))
     reps = predictive_draws(idata, data, int(spec.options.get("ppc_draws", 100)), seed=run.seed)
     ppc = ppc_table(reps, data)
-    notes = MEDIATION_NOTES
+    notes = (*MEDIATION_NOTES, IID_ONLY_NOTES["mediation"])
     if data.dropped_rows:
         notes += (f"{data.dropped_rows} city-years with a missing value were left out.",)
     # The fine rho curve (about 1,200 rows) lives in the sensitivity figure, not in the report's tables.

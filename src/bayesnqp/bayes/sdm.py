@@ -29,6 +29,7 @@ from ..panelops import within
 from ..results import AnalysisResult
 from ..spatial_linalg import DENSE_LIMIT, spatial_effects
 from ..spatial_linalg import lag as spatial_lag
+from .errors import IID_ONLY_NOTES
 from .result import BayesResult, SpatialFit, assemble
 from .sampling import SamplerSettings, sample
 from .spatial import model_terms, nonzero_sd, panel_arrays, project_out_years, resolve_spec, year_direction
@@ -225,7 +226,7 @@ def fit_sdm(frame: pd.DataFrame, controls: list[str] | tuple[str, ...], weights:
     return assemble(spec, idata, reported, summary=summary,
                     diagnosed=reported + ["direct_effect", "indirect_effect", "total_effect"],
                     oracle=oracle, terms=oracle_terms(oracle, terms, model), meant_to_match=meant,
-                    agreement_note=note, notes=(f"Effects: {method} ({how}).",),
+                    agreement_note=note, notes=(f"Effects: {method} ({how}).", IID_ONLY_NOTES["sdm"]),
                     extra=sdm_extra(spec, weights, model, method, summary), tables=city_tables,
                     spatial=SpatialFit(model, tuple(terms), spec.outcome), model=m,
                     no_fitted_reason="the spatial Durbin family is fitted to two-way within-transformed data "
