@@ -74,12 +74,20 @@ def test_group_model_structure():
     assert np.isfinite(model.compile_logp()(model.initial_point()))
 
 
+def iid_groups_spec():
+    """The bundled group spec with iid errors and Mundlak city effects (the slope structure alone; the
+    bundled default with column (4)'s error structure is recovered in the group-trend test below)."""
+    spec = load_spec("bayes_groups")
+    options = {k: v for k, v in spec.options.items() if k not in ("errors", "errors_by_loo", "city_effects")}
+    return spec.replace(options=options)
+
+
 @pytest.mark.recovery
 def test_groups_recover_slopes_and_difference():
     frame, high = simulated_groups()
     oracle = hetero_oracle(frame, high)
     (res,) = groups.fit_groups(frame, CONTROLS, ["digital_support"], FAST,
-                               {"hetero_digital_support": oracle})
+                               {"hetero_digital_support": oracle}, spec=iid_groups_spec())
     assert res.id == "bayes_groups_digital_support"
     assert res.diagnostics.ok, res.diagnostics.flags
     assert panel.hdi_contains(res.idata, "beta_group", np.array([0.01, 0.025])).all()
@@ -156,13 +164,15 @@ def group_trend_panel(seed: int = 0, n_city: int = 60, n_year: int = 8, slopes=(
 def test_group_slopes_with_group_trends_target_the_interacted_two_way_fe():
     """Truth 0.5 / 1.5 with a steeper treatment trend in the high group: both group slopes and their
     difference cover the truth and sit on pyfixest's interacted two-way FE estimates (group slopes,
-    common controls and year effects, the model the Bayesian one rebuilds)."""
+    common controls and year effects, the model the Bayesian one rebuilds). The bundled spec, with
+    column (4)'s error structure (its optional parts tried by LOO)."""
     frame, high = group_trend_panel()
     d = frame.reset_index()
     d["agg_low"], d["agg_high"] = d["agglomeration"] * ~high, d["agglomeration"] * high
     fit = pf.feols("nqp ~ agg_low + agg_high + develop | city + year", data=d, vcov={"CRV1": "city"})
     (res,) = groups.fit_groups(frame, ("develop",), ["digital_support"], FAST, {})
     assert res.diagnostics.ok, res.diagnostics.flags
+    assert "phi" in res.idata.posterior and set(res.extra["error_options_loo"]) == {"random_slope", "city_scales"}
     assert panel.hdi_contains(res.idata, "beta_group", np.array([0.5, 1.5])).all()
     assert panel.hdi_contains(res.idata, "difference", 1.0)
     post = res.idata.posterior["beta_group"].mean(("chain", "draw"))
