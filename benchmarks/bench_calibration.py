@@ -134,8 +134,7 @@ def _bayes_draws(frame: pd.DataFrame, process: str, honest: bool, seed: int) -> 
 
 
 def options_kept(res, honest: bool) -> dict[str, float]:
-    """Which error options the fit carries: as selected by LOO, else all (the groups' honest model) or
-    none (the iid model)."""
+    """Which error options the fit carries: as selected by LOO, else none (the iid model)."""
     selected = res.extra.get("error_options_loo", {})
     # the worst share of cities with Pareto k above 0.7 in this fit's LOO comparisons (NaN: none made)
     high_k = [max(r["share_k_above_0.7_with"], r["share_k_above_0.7_without"]) for r in selected.values()]

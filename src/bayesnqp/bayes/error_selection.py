@@ -24,15 +24,12 @@ from typing import Any, Callable
 import arviz as az
 import numpy as np
 import xarray as xr
-
 from pymc.model.transform.conditioning import remove_value_transforms
 
 from ..names import CITY, OBS
-from .errors import ERROR_OPTIONS, scale_integrated_city_logp, city_sums, scale_quadrature
+from .errors import (CITY_SCALE_SD, CITY_SCALE_Z, ERROR_OPTIONS, city_sums, scale_integrated_city_logp,
+                     scale_quadrature)
 from .spec import ModelSpec
-
-# the city-scale parameters of ``panel_model.structured_errors``
-CITY_SCALE_Z, CITY_SCALE_SD = "city_scale_z", "city_scale_sd"
 
 # Sivula, Magnusson, Matamoros and Vehtari (2022): below about 4 nats two models predict alike.
 LOO_MARGIN = 4.0
@@ -88,13 +85,17 @@ def scale_integrated_city_loglik(model: Any, idata: az.InferenceData) -> np.ndar
     integrated importance sampling) leaves only parameters every city informs."""
     plain = remove_value_transforms(model)
     observed = plain.observed_RVs[0]
-    # the structured CustomDist's parameters: mean, phi, per-row scale, omega, then its data
+    # the structured CustomDist's parameters (panel_model._outcome_likelihood): mean, phi, per-row scale,
+    # omega, then its data g, city_idx, counts, prev, first, gap
     params = observed.owner.op.dist_params(observed.owner)
+    if len(params) != 10 or CITY_SCALE_SD not in plain.named_vars:
+        raise ValueError("scale-integrated LOO needs the structured panel likelihood with city error scales")
     evaluate = plain.compile_fn(inputs=plain.value_vars, outs=plain.replace_rvs_by_values(list(params[:4])),
                                 on_unused_input="ignore", point_fn=False)
-    data = [np.asarray(p.eval()) for p in params[4:]]  # g, city_idx, counts, prev, first, gap
+    g, city_idx, counts, prev, first, gap = (np.asarray(p.eval()) for p in params[4:])
+    g, first, gap, counts = (np.asarray(v, dtype=float) for v in (g, first, gap, counts))
+    city_idx, prev = city_idx.astype(np.int64), prev.astype(np.int64)
     value = np.asarray(plain.rvs_to_values[observed].eval(), dtype=float)
-    counts = data[2].astype(float)
     post = idata.posterior
     n_chain, n_draw = post.sizes["chain"], post.sizes["draw"]
     names = [v.name for v in plain.value_vars]
@@ -105,10 +106,8 @@ def scale_integrated_city_loglik(model: Any, idata: az.InferenceData) -> np.ndar
         mean, phi, base_scale, omega = (np.asarray(v, dtype=float) for v in evaluate(*point))
         eta = float(stacked[CITY_SCALE_SD][d])
         nodes, log_w = scale_quadrature(eta, counts.max())
-        out[d] = scale_integrated_city_logp(
-            value, mean, np.array([phi.ravel()[0], omega.ravel()[0]]), base_scale, data[0].astype(float),
-            data[1].astype(np.int64), counts, data[3].astype(np.int64), data[4].astype(float),
-            data[5].astype(float), eta, nodes, log_w)
+        out[d] = scale_integrated_city_logp(value, mean, np.array([phi.ravel()[0], omega.ravel()[0]]),
+                                            base_scale, g, city_idx, counts, prev, first, gap, eta, nodes, log_w)
     return out.reshape(n_chain, n_draw, len(counts))
 
 

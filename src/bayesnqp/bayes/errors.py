@@ -27,7 +27,8 @@ per city.
 
 The per-city log-density is spread evenly over that city's rows, so the pointwise entries sum (per city)
 to the city's density of its within-city contrasts: LOO on city sums is leave-one-city-out (compare
-models in that same currency, see ``table3.within_city_loglik_iid``).
+models in that same currency, see ``table3.within_city_loglik_iid``). With city scales, the LOO terms
+integrate each city's scale innovation out first (``scale_integrated_city_logp``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ from pytensor.graph.op import Op
 from pytensor.link.numba.dispatch.basic import register_funcify_default_op_cache_key
 
 ERROR_OPTIONS: tuple[str, ...] = ("ar1", "city_scales", "random_slope")
+# the city-scale parameters (``panel_model.structured_errors``): the sd of log city scales and each
+# city's standard-Normal innovation
+CITY_SCALE_SD, CITY_SCALE_Z = "city_scale_sd", "city_scale_z"
 
 
 # Families that keep iid errors, and why (a note with each of their results; ARCHITECTURE.md says more).
@@ -61,12 +65,15 @@ IID_ONLY_NOTES: dict[str, str] = {
             "column (4)'s error options. Their city effects are sampled (the spatial prior ties the cities "
             "together, so they cannot be integrated out one city at a time), and AR(1) errors would make the "
             "pointwise log-likelihood terms stop being per city-year, the currency of the CAR-vs-SDM LOO."),
-    "province": ("Errors are iid across city-years: the bundled province-slope model does not take column "
-                 "(4)'s error options. With them the demo's province model mixed too slowly (minimum bulk ESS "
-                 "173 of 4,000 draws with all three, 228 with AR(1) and city scales; a province of one city "
-                 "has a slope its city's random slope duplicates), so its intervals are iid-based and likely "
-                 "too narrow where errors are serially correlated. A spec can turn them on (options.errors, "
-                 "options.errors_by_loo)."),
+    "province": ("Errors are iid across city-years: this province-slope model does not carry column (4)'s "
+                 "error options. With them the demo's province model mixed too slowly (minimum bulk ESS 173 "
+                 "of 4,000 draws with all three, 228 with AR(1) and city scales; a province of one city has a "
+                 "slope its city's random slope duplicates), so its intervals are iid-based and likely too "
+                 "narrow where errors are serially correlated. A spec can turn them on (options.city_effects "
+                 "= \"marginal\", options.errors, options.errors_by_loo)."),
+    "groups": ("Errors are iid across city-years: this group-slope spec does not carry column (4)'s error "
+               "options (the bundled one does), so its intervals are likely too narrow where errors are "
+               "serially correlated or their scale varies by city."),
     "sdm": ("Errors are iid across city-years: the SAR/SDM/SEM/SLX models do not take column (4)'s error "
             "options. Their likelihood on two-way within-transformed data carries the Jacobian "
             "(T - 1) log|I - rho W|, which holds for errors independent over time; with AR(1) errors the "

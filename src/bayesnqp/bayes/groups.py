@@ -5,8 +5,10 @@ Slopes: beta_g ~ Normal(group_mean, group_sd) on the within-city deviation of ag
 ``group`` / ``province``); the other regressors keep common slopes and the year effects are zero-sum of
 fixed scale. The city effects are in Mundlak form, or, with column (4)'s error options (the bundled
 median-split spec), flat-prior fixed effects integrated out beside AR(1) errors, with city error scales
-and random city slopes where leave-one-city-out LOO keeps them (``panel.fit_selecting_errors``). Parameterisation (``options.slopes = "auto"``, chosen
-from a least-squares pre-fit, see panel_data.choose_slope_param): when the group slopes differ by more than
+and random city slopes where leave-one-city-out LOO keeps them (``panel.fit_selecting_errors``).
+
+Parameterisation (``options.slopes = "auto"``, chosen from a least-squares pre-fit, see
+panel_data.choose_slope_param): when the group slopes differ by more than
 their noise, the group mean is integrated out while sampling (slopes ~ MVN(0, group_sd^2 I + s^2 J)) and
 drawn afterwards from its exact conditional, because the sampled mean forms a ridge (non-centred) or a
 funnel (centred) with informative groups; measured on the demo this lifted the minimum ESS of the
@@ -103,7 +105,8 @@ def fit_groups(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], split
                               agreement_note=GROUP_NOTE, var_names=var_names, extra=extra,
                               result_id=f"{spec.id}_{splitter}",
                               title=f"{spec.title}: {splitter}",
-                              notes=(f"P(high > low) = {p_high:.3f}", *selection_notes)))
+                              notes=(f"P(high > low) = {p_high:.3f}", *selection_notes,
+                                     *(() if spec.options.get("errors") else (IID_ONLY_NOTES["groups"],)))))
     return results
 
 

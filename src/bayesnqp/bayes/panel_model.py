@@ -55,7 +55,8 @@ import pytensor.tensor as pt
 
 from .. import names
 from ..names import AGGLOMERATION, CITY, COEF, YEAR
-from .errors import ErrorStructure, row_order, structured_city_logp, structured_city_random
+from .errors import (CITY_SCALE_SD, CITY_SCALE_Z, ErrorStructure, row_order, structured_city_logp,
+                     structured_city_random)
 from .panel_data import PanelData, choose_city_param, choose_slope_param, outcome_scale
 from .spec import PANEL_CITY_EFFECTS, PANEL_LIKELIHOODS, PANEL_YEAR_EFFECTS, ModelSpec
 
@@ -444,8 +445,8 @@ def structured_errors(pdata: PanelData, spec: ModelSpec, errors: ErrorStructure,
     else:
         phi = pt.constant(0.0)
     if errors.city_scales:
-        eta = pm.HalfNormal("city_scale_sd", prior(spec, "city_scale_sd")["sigma"])
-        z = pm.Normal("city_scale_z", 0.0, 1.0, dims=CITY)
+        eta = pm.HalfNormal(CITY_SCALE_SD, prior(spec, "city_scale_sd")["sigma"])
+        z = pm.Normal(CITY_SCALE_Z, 0.0, 1.0, dims=CITY)
         scale = (sigma * pt.exp(eta * z))[city_idx]
     else:
         scale = sigma * pt.ones(pdata.n)

@@ -79,8 +79,9 @@ def within_city_loglik_iid(model: pm.Model, idata: az.InferenceData) -> np.ndarr
 def compare_error_structures(honest: tuple[pm.Model, az.InferenceData], iid: tuple[pm.Model, az.InferenceData]
                              ) -> dict[str, Any]:
     """Leave-one-city-out PSIS-LOO of the structured column (4) against the iid one, both on each city's
-    density of its within-city contrasts (the structured model's pointwise entries summed per city; the
-    iid model's from ``within_city_loglik_iid``). Returns per model elpd, se, p_loo, the share of Pareto k
+    density of its within-city contrasts (the structured model's from ``error_selection.city_loo``, with
+    each city's scale innovation integrated out where it has city scales; the iid model's from
+    ``within_city_loglik_iid``). Returns per model elpd, se, p_loo, the share of Pareto k
     above 0.7 and the elpd difference to the better one."""
     model, idata = honest
     out: dict[str, Any] = {}
