@@ -19,6 +19,7 @@ parameter only that city informs), which keeps the importance sampling of leave-
 from __future__ import annotations
 
 import warnings
+import weakref
 from typing import Any, Callable
 
 import arviz as az
@@ -61,18 +62,33 @@ def options_by_loo(spec: ModelSpec) -> list[str]:
     return list(listed)
 
 
+# city_loo per fit (by the id of its InferenceData, which is unhashable; an entry goes when the fit does):
+# the study asks for the kept column (4) fit's LOO twice (choosing its error options, then comparing it
+# with the iid rebuild), and with city scales each costs a quadrature over every draw
+_CITY_LOO: dict[int, tuple[dict[str, float], np.ndarray]] = {}
+
+
 def city_loo(model: Any, idata: az.InferenceData) -> tuple[dict[str, float], np.ndarray]:
     """Leave-one-city-out PSIS-LOO of a structured panel model: elpd, se, p_loo and the share of Pareto k
     above 0.7, and the per-city elpd terms. Each city's term is its density of its within-city contrasts
     (the per-row entries summed per city), with its own error-scale innovation integrated out where the
-    model has city scales (``scale_integrated_city_loglik``)."""
+    model has city scales (``scale_integrated_city_loglik``). Computed once per fit."""
+    key = id(idata)
+    if key not in _CITY_LOO:
+        _CITY_LOO[key] = loo_of(idata.posterior, _city_terms(model, idata))
+        weakref.finalize(idata, _CITY_LOO.pop, key, None)
+    stats, terms = _CITY_LOO[key]
+    return dict(stats), terms  # a copy: callers add fields to the numbers
+
+
+def _city_terms(model: Any, idata: az.InferenceData) -> np.ndarray:
+    """(chain, draw, city) log-densities behind ``city_loo``."""
     if CITY_SCALE_Z in model.named_vars:
-        return loo_of(idata.posterior, scale_integrated_city_loglik(model, idata))
+        return scale_integrated_city_loglik(model, idata)
     city_idx = np.asarray(model["city_idx"].get_value())
     observed = model.observed_RVs[0].name
-    ll = city_sums(idata.log_likelihood[observed].transpose("chain", "draw", OBS).values, city_idx,
-                   int(city_idx.max()) + 1)
-    return loo_of(idata.posterior, ll)
+    return city_sums(idata.log_likelihood[observed].transpose("chain", "draw", OBS).values, city_idx,
+                     int(city_idx.max()) + 1)
 
 
 def scale_integrated_city_loglik(model: Any, idata: az.InferenceData) -> np.ndarray:
@@ -100,12 +116,13 @@ def scale_integrated_city_loglik(model: Any, idata: az.InferenceData) -> np.ndar
     n_chain, n_draw = post.sizes["chain"], post.sizes["draw"]
     names = [v.name for v in plain.value_vars]
     stacked = {name: post[name].values.reshape((n_chain * n_draw,) + post[name].shape[2:]) for name in names}
+    max_rows = float(counts.max())
     out = np.empty((n_chain * n_draw, len(counts)))
     for d in range(n_chain * n_draw):
         point = [np.zeros_like(stacked[name][d]) if name == CITY_SCALE_Z else stacked[name][d] for name in names]
         mean, phi, base_scale, omega = (np.asarray(v, dtype=float) for v in evaluate(*point))
         eta = float(stacked[CITY_SCALE_SD][d])
-        nodes, log_w = scale_quadrature(eta, counts.max())
+        nodes, log_w = scale_quadrature(eta, max_rows)
         out[d] = scale_integrated_city_logp(value, mean, np.array([phi.ravel()[0], omega.ravel()[0]]),
                                             base_scale, g, city_idx, counts, prev, first, gap, eta, nodes, log_w)
     return out.reshape(n_chain, n_draw, len(counts))

@@ -14,6 +14,7 @@ import pymc as pm
 from ..names import COEF, YEAR
 from ..results import AnalysisResult
 from .error_selection import city_loo, loo_of, paired_difference
+from .errors import city_sums
 from .panel import fit_panel
 from .result import BayesResult
 from .sampling import SamplerSettings
@@ -68,8 +69,6 @@ def within_city_loglik_iid(model: pm.Model, idata: az.InferenceData) -> np.ndarr
     resid = np.asarray(model["y"].get_value()) - (y_centre + y_scale * mean)
     n_city = int(city_idx.max()) + 1
     counts = np.bincount(city_idx, minlength=n_city).astype(float)
-    from .errors import city_sums
-
     sums, squares = city_sums(resid, city_idx, n_city), city_sums(resid ** 2, city_idx, n_city)
     ss_within = squares - sums ** 2 / counts
     s2 = (y_scale * post["sigma_std"].values[..., None]) ** 2
