@@ -202,3 +202,71 @@ def test_specs_are_strict_about_builder_and_options():
     for path in sorted(bundled("models").glob("*.toml")):
         spec = tomllib.loads(path.read_text())
         assert set(spec.get("options", {})) <= set(BUILDER_OPTIONS[spec["builder"]]), path.name
+
+
+def test_disk_cached_wrappers_compute_what_nutpies_compute():
+    """The disk-cached C entry points wrap the same PyTensor function as nutpie's own and read the data
+    through nutpie's user_data: the same log-density, gradient and expanded draws at random points, before
+    and after a data swap, and the same posterior. (Bit-identity with nutpie's own wrapper is not
+    promised: when the wrapped function is compiled in the same process, LLVM may inline it into either
+    wrapper with fast-math reassociation, so the last digits may differ.)"""
+    import ctypes
+
+    import nutpie
+
+    from bayesnqp.bayes.nutpie_disk_cache import compile_numba_cached
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=150)
+    groups = rng.integers(0, 6, size=150)
+    with pm.Model(coords={"obs": np.arange(150), "group": np.arange(6)}) as model:
+        xd = pm.Data("x", x, dims="obs")
+        yd = pm.Data("y_obs", 1.5 * x + rng.normal(size=150), dims="obs")
+        gd = pm.Data("g", groups, dims="obs")
+        b = pm.Normal("b", 0, 5)
+        effect = pm.ZeroSumNormal("effect", 1.0, dims="group")
+        pm.Deterministic("scaled", 2 * b)
+        pm.Normal("y", b * xd + effect[gd], pm.HalfNormal("sigma", 2), observed=yd, dims="obs")
+    ours = compile_numba_cached(model)
+    assert ours is not None
+    theirs = nutpie.compile_pymc_model(model)
+    new_y = -x + rng.normal(size=150)
+
+    def evaluate(compiled, point):
+        grad, logp = np.zeros(compiled.n_dim), np.zeros(())
+        expanded = np.zeros(compiled.n_expanded)
+        as_ptr = lambda a: a.ctypes.data_as(ctypes.POINTER(ctypes.c_double))  # noqa: E731
+        user = ctypes.c_void_p(compiled.user_data.ctypes.data)
+        code = compiled.compiled_logp_func.ctypes(compiled.n_dim, as_ptr(point), as_ptr(grad), as_ptr(logp), user)
+        code_expand = compiled.compiled_expand_func.ctypes(compiled.n_dim, compiled.n_expanded, as_ptr(point),
+                                                           as_ptr(expanded), user)
+        return code, code_expand, float(logp), grad, expanded
+
+    for a, b_ in ((ours, theirs), (ours.with_data(y_obs=new_y), theirs.with_data(y_obs=new_y))):
+        for _ in range(5):
+            point = rng.normal(size=ours.n_dim)
+            mine, nutpies = evaluate(a, point), evaluate(b_, point)
+            assert mine[:2] == nutpies[:2] == (0, 0)
+            np.testing.assert_allclose(mine[2], nutpies[2], rtol=1e-12)
+            np.testing.assert_allclose(mine[3], nutpies[3], rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(mine[4], nutpies[4], rtol=1e-12)
+        draws = [nutpie.sample(c, draws=200, tune=200, chains=2, cores=1, seed=9, progress_bar=False).posterior
+                 for c in (a, b_)]
+        assert set(draws[0].data_vars) == set(draws[1].data_vars)
+        for name in ("b", "sigma", "effect"):
+            np.testing.assert_allclose(draws[0][name].mean(("chain", "draw")).values,
+                                       draws[1][name].mean(("chain", "draw")).values, rtol=1e-6, atol=1e-9)
+    assert float(draws[0]["b"].mean()) < 0  # the swapped data were used
+    assert evaluate(ours, np.full(ours.n_dim, np.nan))[0] != 0  # a non-finite point is reported, not hidden
+
+
+def test_disk_cached_wrappers_step_aside_when_pytensor_does_not_cache():
+    """With PyTensor's numba cache turned off there is no disk cache to put the wrappers in: nutpie's
+    own compile is used instead."""
+    import pytensor
+
+    from bayesnqp.bayes.nutpie_disk_cache import compile_numba_cached
+
+    x = np.linspace(0, 1, 20)
+    with pytensor.config.change_flags(numba__cache=False):
+        assert compile_numba_cached(linear_model(x, x)) is None

@@ -4,7 +4,8 @@ nutpie is the default (several times PyMC's ESS per second on these models); PyM
 numpyro are options, and ``nutpie-jax`` is nutpie with the log-density and its gradient compiled by JAX
 (``pip install "bayesnqp[jax]"``; it runs on a GPU when JAX sees one, i.e. with a CUDA build of jaxlib).
 Compiled nutpie models are cached in-process by a structure key, so a model whose structure repeats (mechanisms, groups, the same spec on new data) is compiled once and its data swapped
-with ``with_data``; numba's on-disk cache makes a second process faster too.
+with ``with_data``. Across processes, PyTensor's numba cache keeps the compiled log-density and
+``nutpie_disk_cache`` keeps nutpie's C entry points, so a second process only loads them.
 """
 
 from __future__ import annotations
@@ -116,7 +117,9 @@ def compile_nutpie(model: pm.Model, cache_key: str | None = None, *, backend: st
         if backend == "jax":
             compiled = nutpie.compile_pymc_model(model, backend="jax", gradient_backend="jax")
         else:
-            compiled = nutpie.compile_pymc_model(model)
+            from bayesnqp.bayes.nutpie_disk_cache import compile_numba_cached
+
+            compiled = compile_numba_cached(model) or nutpie.compile_pymc_model(model)
     if cache_key is not None:
         _COMPILED[cache_key] = compiled
     return compiled

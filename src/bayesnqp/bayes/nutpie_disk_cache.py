@@ -1,0 +1,183 @@
+"""nutpie's numba model, with its C entry points cached on disk across processes.
+
+nutpie (0.16) compiles a model in two steps: PyTensor turns the log-density and its gradient into a
+numba function (cached on disk by PyTensor under ``base_compiledir/numba``), and nutpie then wraps that
+function in two C callbacks (``numba.cfunc``) for its Rust sampler. The wrappers close over the model's
+data arrays, so numba cannot cache them, and compiling them costs 6-10 s per model structure, every
+process: most of a warm run's compile time (``benchmarks/results/study.json``).
+
+This module builds the same two callbacks from generated source that holds no data, only the layout of
+nutpie's ``user_data`` record (which points at the data), and caches them in PyTensor's numba cache
+directory, keyed by PyTensor's own cache key of the wrapped function plus the wrapper's source. The
+result is nutpie's own ``CompiledPyMCModel``, so sampling, ``with_data`` and the draws are nutpie's: a
+test checks the draws bit for bit against ``nutpie.compile_pymc_model``.
+
+Where the wrapped function has no PyTensor cache key (an Op that cannot be cached) or nutpie's internals
+are not the ones this was written against, or PyTensor's numba cache is turned off
+(``PYTENSOR_FLAGS=numba__cache=False``), :func:`compile_numba_cached` returns ``None`` and the caller uses
+nutpie's own compile.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import warnings
+from typing import Any
+
+import numpy as np
+
+# Bump when the generated wrappers change, so old cache entries are never picked up.
+_WRAPPER_VERSION = "2"
+
+# The data views are taken before the ``try``: numba splits a try block at every statement that can raise,
+# and its liveness analysis of a try block holding a dozen array views took minutes.
+_LOGP_TEMPLATE = '''
+def {name}(dim, x_, out_, logp_, user_data_):
+    if dim != {n_dim}:
+        return -1
+    x = numba.carray(x_, ({n_dim},))
+    out = numba.carray(out_, ({n_dim},))
+    logp = numba.carray(logp_, ())
+    shared = numba.carray(user_data_, (), RECORD)["shared"]
+{unpack}
+    try:
+        logp_val, grad = INNER(x{args})
+        logp[()] = logp_val
+        out[...] = grad
+    except Exception:
+        return 1
+    if not np.all(np.isfinite(out)):
+        return 3
+    if not np.isfinite(logp_val):
+        return 4
+    return 0
+'''
+
+_EXPAND_TEMPLATE = '''
+def {name}(dim, expanded, x_, out_, user_data_):
+    if dim != {n_dim}:
+        return -1
+    if expanded != {n_expanded}:
+        return -1
+    x = numba.carray(x_, ({n_dim},))
+    out = numba.carray(out_, ({n_expanded},))
+    shared = numba.carray(user_data_, (), RECORD)["shared"]
+{unpack}
+    try:
+        (values,) = INNER(x{args})
+        out[...] = values
+    except Exception:
+        return -2
+    return 0
+'''
+
+
+@functools.cache
+def _as_readonly() -> Any:
+    """A numba intrinsic that retypes an array as read-only (same data, same memory layout).
+
+    nutpie hands the wrapped function its data as read-only arrays, so PyTensor's disk cache holds the
+    function compiled for that signature; viewing the data as writable arrays would compile it again."""
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def as_readonly(typingctx, array):
+        def codegen(context, builder, signature, args):
+            return args[0]
+
+        return array.copy(readonly=True)(array), codegen
+
+    return as_readonly
+
+
+def _unpack_lines(names: list[str], shared_data: dict[str, np.ndarray]) -> tuple[str, str, dict[str, Any]]:
+    """Source lines that view each shared array through the pointer and shape nutpie's ``user_data``
+    record holds (so ``with_data`` keeps working), the argument list, and the dtype globals they use."""
+    lines, args, dtypes = [], "", {}
+    for i, name in enumerate(names):
+        value = shared_data[name]
+        shape = ", ".join(f"int(shared['shape'][{name!r}][{k}])" for k in range(value.ndim))
+        shape = f"({shape},)" if value.ndim == 1 else f"({shape})"
+        dtypes[f"DTYPE_{i}"] = value.dtype
+        lines.append(f"    a{i} = as_readonly(numba.carray(address_as_void_pointer(shared['data'][{name!r}][()]), "
+                     f"{shape}, DTYPE_{i}))")
+        args += f", a{i}"
+    return "\n".join(lines), args, dtypes
+
+
+def _cached_cfunc(template: str, kind: str, inner: Any, names: list[str], shared_data: dict[str, np.ndarray],
+                  record: np.dtype, signature: Any, **sizes: int) -> Any | None:
+    import numba
+    from nutpie import __version__ as nutpie_version
+    from nutpie.compile_pymc import address_as_void_pointer
+    from pytensor.link.numba.cache import CACHED_SRC_FUNCTIONS, compile_numba_function_src
+
+    from pytensor import config
+
+    inner_key = CACHED_SRC_FUNCTIONS.get(getattr(inner, "py_func", None))
+    if inner_key is None or not config.numba__cache:  # no safe key, or the user turned caching off
+        return None
+    unpack, args, dtypes = _unpack_lines(names, shared_data)
+    name = f"bayesnqp_nutpie_{kind}"
+    source = template.format(name=name, unpack=unpack, args=args, **sizes)
+    key = hashlib.sha256("\n".join([_WRAPPER_VERSION, numba.__version__, nutpie_version, inner_key, source, repr(record),
+                                    repr(sorted((k, str(v)) for k, v in dtypes.items()))]).encode()).hexdigest()
+    # numba rebuilds a cached function's environment by importing its module: name an importable one
+    env = {"__name__": __name__, "numba": numba, "np": np, "INNER": inner, "RECORD": record,
+           "address_as_void_pointer": address_as_void_pointer, "as_readonly": _as_readonly(), **dtypes}
+    func = compile_numba_function_src(source, name, env, cache_key=f"bayesnqp_nutpie_{kind}_{key}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", numba.NumbaWarning)
+        return numba.cfunc(signature, cache=True)(func)
+
+
+def compile_numba_cached(model: Any) -> Any | None:
+    """``nutpie.compile_pymc_model(model)`` (numba backend, nutpie's defaults) with disk-cached C entry
+    points, or ``None`` where that cannot be done safely (see the module docstring)."""
+    import numba
+    import nutpie.compile_pymc as ncp
+    from pymc.initial_point import make_initial_point_fn
+
+    needed = ("_make_functions", "make_user_data", "_prepare_dims_and_coords", "_wrap_with_lock",
+              "CompiledPyMCModel", "address_as_void_pointer")
+    if not all(hasattr(ncp, attr) for attr in needed):
+        return None
+    # the same initial point function as nutpie.compile_pymc_model's defaults
+    initial_point_fn = ncp._wrap_with_lock(make_initial_point_fn(
+        model=model, overrides=None, default_strategy="support_point", jitter_rvs=set(model.free_RVs),
+        return_transformed=True))
+    n_dim, n_expanded, logp_fn_pt, expand_fn_pt, flat_initial_point_fn, shape_info = ncp._make_functions(
+        model, mode="NUMBA", compute_grad=True, join_expanded=True, pymc_initial_point_fn=initial_point_fn)
+
+    shared_data: dict[str, np.ndarray] = {}
+    shared_vars: dict[str, Any] = {}
+    for var in [*logp_fn_pt.get_shared(), *expand_fn_pt.get_shared()]:
+        if var.name in shared_vars and shared_vars[var.name] is not var:
+            return None  # nutpie raises here; let it say why
+        shared_data[var.name] = np.array(var.get_value(), order="C", copy=True)
+        shared_vars[var.name] = var
+    for value in shared_data.values():
+        value.flags.writeable = False
+    user_data = ncp.make_user_data(shared_vars, shared_data)
+
+    double_ptr = numba.types.CPointer(numba.types.double)
+    logp_signature = numba.types.int64(numba.types.uint64, double_ptr, double_ptr, double_ptr,
+                                       numba.types.voidptr)
+    expand_signature = numba.types.int64(numba.types.uint64, numba.types.uint64, double_ptr, double_ptr,
+                                         numba.types.voidptr)
+    logp_cfunc = _cached_cfunc(_LOGP_TEMPLATE, "logp", logp_fn_pt.vm.jit_fn,
+                               [v.name for v in logp_fn_pt.get_shared()], shared_data, user_data.dtype,
+                               logp_signature, n_dim=n_dim)
+    expand_cfunc = _cached_cfunc(_EXPAND_TEMPLATE, "expand", expand_fn_pt.vm.jit_fn,
+                                 [v.name for v in expand_fn_pt.get_shared()], shared_data, user_data.dtype,
+                                 expand_signature, n_dim=n_dim, n_expanded=n_expanded)
+    if logp_cfunc is None or expand_cfunc is None:
+        return None
+    dims, coords = ncp._prepare_dims_and_coords(model, shape_info)
+    return ncp.CompiledPyMCModel(
+        _n_dim=n_dim, dims=dims, _coords=coords,
+        _shapes={name: tuple(shape) for name, _, shape in zip(*shape_info)},
+        compiled_logp_func=logp_cfunc, compiled_expand_func=expand_cfunc,
+        initial_point_func=flat_initial_point_fn, shared_data=shared_data, user_data=user_data,
+        n_expanded=n_expanded, shape_info=shape_info, logp_func=logp_fn_pt, expand_func=expand_fn_pt)
