@@ -33,7 +33,9 @@ integrate each city's scale innovation out first (``scale_integrated_city_logp``
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numba
@@ -441,14 +443,20 @@ _STRUCTURED_LOGP = StructuredCityLogp()
 _STRUCTURED_GRAD = StructuredCityLogpGrad()
 
 
+# PyTensor keys its disk cache of a compiled graph by the Op's type and props; numba does not check that
+# callees already linked into a cached function are fresh. Salting the key with a hash of this module's
+# source makes an edited kernel compile again instead of being served stale from the cache.
+_KERNEL_VERSION = int(hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:15], 16)
+
+
 @register_funcify_default_op_cache_key(StructuredCityLogp)
 def _numba_structured_logp(op, node, **kwargs):
-    return _structured_forward
+    return _structured_forward, _KERNEL_VERSION
 
 
 @register_funcify_default_op_cache_key(StructuredCityLogpGrad)
 def _numba_structured_logp_grad(op, node, **kwargs):
-    return _structured_backward
+    return _structured_backward, _KERNEL_VERSION
 
 
 def structured_city_random(mean, phi, scale_row, omega, g, city_idx, counts, prev, first, gap,

@@ -9,13 +9,15 @@ process: most of a warm run's compile time (``benchmarks/results/study.json``).
 This module builds the same two callbacks from generated source that holds no data, only the layout of
 nutpie's ``user_data`` record (which points at the data), and caches them in PyTensor's numba cache
 directory, keyed by PyTensor's own cache key of the wrapped function plus the wrapper's source. The
-result is nutpie's own ``CompiledPyMCModel``, so sampling, ``with_data`` and the draws are nutpie's: a
-test checks the draws bit for bit against ``nutpie.compile_pymc_model``.
+result is nutpie's own ``CompiledPyMCModel``, so sampling and ``with_data`` are nutpie's: a test checks
+the log-density, gradient and expanded values against ``nutpie.compile_pymc_model``'s, also after a data
+swap that changes the number of rows.
 
-Where the wrapped function has no PyTensor cache key (an Op that cannot be cached) or nutpie's internals
-are not the ones this was written against, or PyTensor's numba cache is turned off
-(``PYTENSOR_FLAGS=numba__cache=False``), :func:`compile_numba_cached` returns ``None`` and the caller uses
-nutpie's own compile.
+Where the wrapped function has no PyTensor cache key (an Op that cannot be cached), nutpie is not the
+0.16 line this was written against, PyTensor's numba cache is turned off
+(``PYTENSOR_FLAGS=numba__cache=False``), or anything in building the wrappers fails,
+:func:`compile_numba_cached` returns ``None`` (with a warning for a failure) and the caller uses nutpie's
+own compile.
 """
 
 from __future__ import annotations
@@ -115,7 +117,8 @@ def _cached_cfunc(template: str, kind: str, inner: Any, names: list[str], shared
 
     from pytensor import config
 
-    inner_key = CACHED_SRC_FUNCTIONS.get(getattr(inner, "py_func", None))
+    py_func = getattr(inner, "py_func", None)
+    inner_key = CACHED_SRC_FUNCTIONS.get(py_func) if py_func is not None else None
     if inner_key is None or not config.numba__cache:  # no safe key, or the user turned caching off
         return None
     unpack, args, dtypes = _unpack_lines(names, shared_data)
@@ -127,22 +130,30 @@ def _cached_cfunc(template: str, kind: str, inner: Any, names: list[str], shared
     env = {"__name__": __name__, "numba": numba, "np": np, "INNER": inner, "RECORD": record,
            "address_as_void_pointer": address_as_void_pointer, "as_readonly": _as_readonly(), **dtypes}
     func = compile_numba_function_src(source, name, env, cache_key=f"bayesnqp_nutpie_{kind}_{key}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", numba.NumbaWarning)
-        return numba.cfunc(signature, cache=True)(func)
+    return numba.cfunc(signature, cache=True)(func)
 
 
 def compile_numba_cached(model: Any) -> Any | None:
     """``nutpie.compile_pymc_model(model)`` (numba backend, nutpie's defaults) with disk-cached C entry
     points, or ``None`` where that cannot be done safely (see the module docstring)."""
+    import nutpie
+    from pytensor import config
+
+    if not nutpie.__version__.startswith("0.16.") or not config.numba__cache:
+        return None
+    try:
+        return _compile(model)
+    except Exception as error:  # noqa: BLE001 - any failure here means: let nutpie compile it
+        warnings.warn(f"nutpie's C entry points could not be cached on disk ({type(error).__name__}: {error}); "
+                      "compiling them the usual way", RuntimeWarning, stacklevel=2)
+        return None
+
+
+def _compile(model: Any) -> Any | None:
     import numba
     import nutpie.compile_pymc as ncp
     from pymc.initial_point import make_initial_point_fn
 
-    needed = ("_make_functions", "make_user_data", "_prepare_dims_and_coords", "_wrap_with_lock",
-              "CompiledPyMCModel", "address_as_void_pointer")
-    if not all(hasattr(ncp, attr) for attr in needed):
-        return None
     # the same initial point function as nutpie.compile_pymc_model's defaults
     initial_point_fn = ncp._wrap_with_lock(make_initial_point_fn(
         model=model, overrides=None, default_strategy="support_point", jitter_rvs=set(model.free_RVs),
@@ -160,6 +171,9 @@ def compile_numba_cached(model: Any) -> Any | None:
     for value in shared_data.values():
         value.flags.writeable = False
     user_data = ncp.make_user_data(shared_vars, shared_data)
+    # the generated source reads these fields of nutpie's record by name
+    if user_data.dtype.names != ("shared",) or user_data.dtype["shared"].names != ("data", "size", "shape"):
+        return None
 
     double_ptr = numba.types.CPointer(numba.types.double)
     logp_signature = numba.types.int64(numba.types.uint64, double_ptr, double_ptr, double_ptr,
