@@ -252,8 +252,9 @@ class _DimsReader:
                             self.note(target.slice, params)
 
 
-# the builders; sampling only passes a model's own dims on to ArviZ
-BUILDERS = [m for m in MODULES if m.startswith("bayesnqp.bayes.") and m != "bayesnqp.bayes.sampling"]
+# the builders; sampling and the nutpie disk cache only pass a model's own dims on (to ArviZ, to nutpie)
+BUILDERS = [m for m in MODULES if m.startswith("bayesnqp.bayes.")
+            and m not in ("bayesnqp.bayes.sampling", "bayesnqp.bayes.nutpie_disk_cache")]
 
 
 @pytest.mark.parametrize("module", BUILDERS)
