@@ -115,11 +115,9 @@ def _cached_cfunc(template: str, kind: str, inner: Any, names: list[str], shared
     from nutpie.compile_pymc import address_as_void_pointer
     from pytensor.link.numba.cache import CACHED_SRC_FUNCTIONS, compile_numba_function_src
 
-    from pytensor import config
-
     py_func = getattr(inner, "py_func", None)
     inner_key = CACHED_SRC_FUNCTIONS.get(py_func) if py_func is not None else None
-    if inner_key is None or not config.numba__cache:  # no safe key, or the user turned caching off
+    if inner_key is None:  # PyTensor could not key this function: no safe disk key for its wrapper
         return None
     unpack, args, dtypes = _unpack_lines(names, shared_data)
     name = f"bayesnqp_nutpie_{kind}"
