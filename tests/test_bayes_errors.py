@@ -196,3 +196,25 @@ def test_leave_one_city_out_loo_integrates_each_city_scale_out():
     joint_k = S.loo_of(idata.posterior, rows_summed)[0]["share_k_above_0.7"]
     integrated_k = S.city_loo(model, idata)[0]["share_k_above_0.7"]
     assert joint_k > 0.2 and integrated_k <= 0.02, (joint_k, integrated_k)
+
+
+def test_city_loo_computes_the_pointwise_terms_a_fit_without_city_scales_needs():
+    """Fits are sampled without a pointwise log-likelihood group; ``city_loo`` of a structured fit without
+    city scales (whose per-city terms are its rows' terms summed) adds it, and its terms are those sums."""
+    from bayesnqp.bayes import error_selection as S
+    from bayesnqp.bayes.sampling import SamplerSettings
+
+    frame, _ = simulate.calibration_panel("iid", seed=3)
+    spec = load_spec("bayes_table3_col4")
+    spec = spec.replace(options={**spec.options, "errors": ["ar1"], "errors_by_loo": []})
+    model, idata, _ = panel.fit_spec(frame, spec, ("develop",), SamplerSettings(draws=200, tune=200, chains=2,
+                                                                                  seed=5))
+    assert "log_likelihood" not in idata.groups()
+    stats, terms = S.city_loo(model, idata)
+    assert "log_likelihood" in idata.groups()
+    observed = model.observed_RVs[0].name
+    city_idx = np.asarray(model["city_idx"].get_value())
+    per_city = E.city_sums(idata.log_likelihood[observed].transpose("chain", "draw", "obs").values, city_idx,
+                           len(model.coords["city"]))
+    assert np.allclose(S.loo_of(idata.posterior, per_city)[1], terms)
+    assert np.isfinite(stats["elpd_loo"]) and len(terms) == len(model.coords["city"])

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import arviz as az
 import numpy as np
+import pymc as pm
 import xarray as xr
 from pymc.model.transform.conditioning import remove_value_transforms
 
@@ -85,6 +86,10 @@ def _city_terms(model: Any, idata: az.InferenceData) -> np.ndarray:
     """(chain, draw, city) log-densities behind ``city_loo``."""
     if CITY_SCALE_Z in model.named_vars:
         return scale_integrated_city_loglik(model, idata)
+    if "log_likelihood" not in idata.groups():
+        # computed here, only for the fits whose LOO reads it (a fit with city scales never does)
+        with model:
+            pm.compute_log_likelihood(idata, progressbar=False)
     city_idx = np.asarray(model["city_idx"].get_value())
     observed = model.observed_RVs[0].name
     return city_sums(idata.log_likelihood[observed].transpose("chain", "draw", OBS).values, city_idx,

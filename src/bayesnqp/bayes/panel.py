@@ -187,20 +187,19 @@ def fit_spec(frame: pd.DataFrame, spec: ModelSpec, controls: tuple[str, ...] | l
 
 
 def fit_selecting_errors(frame: pd.DataFrame, spec: ModelSpec, controls: tuple[str, ...] | list[str],
-                         settings: SamplerSettings, *, log_likelihood: bool = False, **fit_options: Any
+                         settings: SamplerSettings, **fit_options: Any
                          ) -> tuple[pm.Model, az.InferenceData, PanelData, dict[str, Any], tuple[str, ...]]:
     """``fit_spec``, then each error option of ``options.errors_by_loo`` dropped unless leave-one-city-out
     LOO prefers the fit with it (``error_selection``). Returns the fit kept, the record of the options
-    tried (under ``error_options_loo``, empty when none) and the report's note on them. The pointwise
-    log-likelihood is computed where options are tried, or where ``log_likelihood`` asks for it."""
+    tried (under ``error_options_loo``, empty when none) and the report's note on them. No pointwise
+    log-likelihood group is added: the LOO of the options computes what it needs (``error_selection``)."""
     by_loo = options_by_loo(spec)  # checked before anything is sampled
-    model, idata, pdata = fit_spec(frame, spec, controls, settings,
-                                   log_likelihood=log_likelihood or bool(by_loo), **fit_options)
+    model, idata, pdata = fit_spec(frame, spec, controls, settings, **fit_options)
     if not by_loo:
         return model, idata, pdata, {}, ()
     (model, idata, pdata), record = select_error_options(
         spec, (model, idata, pdata),
-        lambda reduced: fit_spec(frame, reduced, controls, settings, log_likelihood=True, **fit_options))
+        lambda reduced: fit_spec(frame, reduced, controls, settings, **fit_options))
     return model, idata, pdata, {"error_options_loo": record}, (selection_note(record),)
 
 
@@ -256,8 +255,7 @@ def fit_panel(frame: pd.DataFrame, controls: tuple[str, ...] | list[str], settin
     oracle; ``meant_to_match`` and the note follow from what the spec rebuilds (``panel_kind``).
     ``options.prior_predictive`` adds the prior predictive check."""
     kind = panel_kind(spec)
-    model, idata, pdata, extra, notes = fit_selecting_errors(frame, spec, controls, settings,
-                                                             log_likelihood=kind == "honest")
+    model, idata, pdata, extra, notes = fit_selecting_errors(frame, spec, controls, settings)
     figures: dict[str, Any] = {}
     if spec.options.get("prior_predictive"):
         check = prior_predictive_check(model, pdata, seed=spec.sampler_settings(settings).seed,
