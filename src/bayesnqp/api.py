@@ -196,7 +196,7 @@ def run(study: StudyData | None = None, *, draws: int | None = None, tune: int |
     ``["bayes_groups"]``); the oracles a selected Bayesian model is compared with run too, and so do
     the fits a selected check reads. None runs everything. ``bayes=False``: frequentist stages only.
     ``draws``/``tune``/``chains``/``sampler``: None leaves a model spec's ``[sampler]`` value or the default
-    (1000/1000/4/nutpie); a value given here wins over the spec. ``models``: a folder of model specs (TOML): one
+    (1000/500/4/nutpie); a value given here wins over the spec. ``models``: a folder of model specs (TOML): one
     named after a bundled analysis replaces it (your priors, terms, sampler settings, options); a new
     ``bayes_*`` id of any builder runs as a new analysis (see ``bayes.registry``). ``quick``: 300 draws x 2 chains. ``strict``: raise ``ConvergenceError`` if any check is flagged or
     any analysis failed. ``progress``: True prints each step with its elapsed time to stderr (shown in

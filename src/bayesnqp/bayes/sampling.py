@@ -30,7 +30,7 @@ class SamplerSettings:
     """How to sample. ``seed`` fixes every chain; ``quick`` runs use fewer draws, never fewer chains."""
 
     draws: int = 1000
-    tune: int = 1000
+    tune: int = 500  # as the calibration study ran (benchmarks/bench_calibration.py); nutpie adapts well within it
     chains: int = 4
     seed: int = 20240601
     sampler: SamplerName = "nutpie"
