@@ -58,6 +58,7 @@ from ..names import AGGLOMERATION, CITY, COEF, YEAR
 from .errors import (CITY_SCALE_SD, CITY_SCALE_Z, ErrorStructure, row_order, structured_city_logp,
                      structured_city_random)
 from .panel_data import PanelData, choose_city_param, choose_slope_param, outcome_scale
+from .student_t import StudentT
 from .spec import PANEL_CITY_EFFECTS, PANEL_LIKELIHOODS, PANEL_YEAR_EFFECTS, ModelSpec
 
 
@@ -400,7 +401,7 @@ def _outcome_likelihood(pdata: PanelData, spec: ModelSpec, form: PanelForm, desi
         elif form.likelihood == "student_t":
             p = prior(spec, "nu")
             nu = pm.Gamma("nu", alpha=p["alpha"], beta=p["beta"])
-            pm.StudentT("nqp", nu=nu, mu=mu, sigma=scale, observed=y_data, dims=OBS)
+            StudentT("nqp", nu=nu, mu=mu, sigma=scale, observed=y_data, dims=OBS)  # pm.StudentT, disk-cacheable
         else:
             pm.LogNormal("nqp", mu=mu, sigma=scale, observed=y_data, dims=OBS)
         return
