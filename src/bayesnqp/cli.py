@@ -119,7 +119,7 @@ ModelsOpt = Annotated[Optional[Path], typer.Option(
 DrawsOpt = Annotated[Optional[int], typer.Option(
     help="Posterior draws per chain [default: 1000, or the model spec's].", min=10, show_default=False)]
 TuneOpt = Annotated[Optional[int], typer.Option(
-    help="Tuning steps per chain [default: 1000, or the model spec's].", min=0, show_default=False)]
+    help="Tuning steps per chain [default: 500, or the model spec's].", min=0, show_default=False)]
 ChainsOpt = Annotated[Optional[int], typer.Option(
     help="Number of chains [default: 4, or the model spec's].", min=1, show_default=False)]
 SamplerOpt = Annotated[Optional[str], typer.Option(help=SAMPLER_HELP, show_default=False)]

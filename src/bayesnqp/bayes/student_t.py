@@ -12,7 +12,9 @@ test holds the two and their gradients to 1e-12); posterior predictive draws are
 
 from __future__ import annotations
 
+import hashlib
 import math
+from pathlib import Path
 from typing import Any
 
 import numba
@@ -31,6 +33,8 @@ from pytensor.tensor.elemwise import Elemwise
 def digamma(x: float) -> float:
     """The digamma function for x > 0: recurrence up to x >= 10, then the asymptotic series through
     x^-14 (the next term is below 1e-16 there)."""
+    if not x > 0.0 or x == np.inf:  # nan, x <= 0 (nu underflowed) and inf: no recurrence to run
+        return np.nan if not x >= 0.0 else (-np.inf if x == 0.0 else np.inf)
     result = 0.0
     while x < 10.0:
         result -= 1.0 / x
@@ -54,6 +58,7 @@ class CachedGammaLn(GammaLn):
         return [gz * _cached_psi_scalar(x)]
 
 
+_SOURCE_VERSION = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 _cached_psi_scalar = CachedPsi(upgrade_to_float, name="cached_psi")
 cached_gammaln = Elemwise(CachedGammaLn(upgrade_to_float, name="cached_gammaln"))
 
@@ -64,7 +69,9 @@ def _numba_cached_psi(op, node, **kwargs):
     def cached_psi(x):
         return digamma(x)
 
-    return cached_psi, scalar_op_cache_key(op, cache_version=1)  # raise the version when digamma changes
+    # salted with this module's source, as errors.py's kernels: numba does not check that a callee linked
+    # into a cached function is fresh, so an edited digamma must change the key
+    return cached_psi, scalar_op_cache_key(op, cache_version=_SOURCE_VERSION)
 
 
 def student_t_logp(value: Any, mu: Any, sigma: Any, nu: Any) -> Any:
@@ -78,7 +85,10 @@ def student_t_random(mu: Any, sigma: Any, nu: Any, rng: np.random.Generator | No
                      size: Any = None) -> np.ndarray:
     """Draws of mu + sigma t_nu (posterior predictive checks)."""
     rng = rng if rng is not None else np.random.default_rng()
-    return np.asarray(mu) + np.asarray(sigma) * rng.standard_t(np.asarray(nu), size=size)
+    mu, sigma, nu = np.asarray(mu), np.asarray(sigma), np.asarray(nu)
+    if size is None:  # one draw per element of the broadcast parameters, not one shared by all
+        size = np.broadcast_shapes(mu.shape, sigma.shape, nu.shape)
+    return mu + sigma * rng.standard_t(nu, size=size)
 
 
 def StudentT(name: str, *, mu: Any, sigma: Any, nu: Any, **kwargs: Any) -> Any:
