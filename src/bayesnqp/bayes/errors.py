@@ -33,9 +33,7 @@ integrate each city's scale innovation out first (``scale_integrated_city_logp``
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numba
@@ -45,6 +43,8 @@ from pytensor.gradient import grad_not_implemented, grad_undefined
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 from pytensor.link.numba.dispatch.basic import register_funcify_default_op_cache_key
+
+from .nutpie_disk_cache import source_salt
 
 ERROR_OPTIONS: tuple[str, ...] = ("ar1", "city_scales", "random_slope")
 # the city-scale parameters (``panel_model.structured_errors``): the sd of log city scales and each
@@ -445,10 +445,8 @@ _STRUCTURED_LOGP = StructuredCityLogp()
 _STRUCTURED_GRAD = StructuredCityLogpGrad()
 
 
-# PyTensor keys its disk cache of a compiled graph by the Op's type and props; numba does not check that
-# callees already linked into a cached function are fresh. Salting the key with a hash of this module's
-# source makes an edited kernel compile again instead of being served stale from the cache.
-_KERNEL_VERSION = int(hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:15], 16)
+# PyTensor keys its disk cache of a compiled graph by the Op's type and props only
+_KERNEL_VERSION = source_salt(__file__)
 
 
 @register_funcify_default_op_cache_key(StructuredCityLogp)

@@ -25,9 +25,17 @@ from __future__ import annotations
 import functools
 import hashlib
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+def source_salt(module_file: str) -> int:
+    """A cache-key salt that changes whenever a module's source does. numba does not check that a callee
+    linked into a cached function is fresh, so the package's own numba kernels salt PyTensor's cache key
+    with the hash of their module: an edited kernel is compiled again, not served stale from the cache."""
+    return int(hashlib.sha256(Path(module_file).read_bytes()).hexdigest()[:15], 16)
+
 
 # Bump when the generated wrappers change, so old cache entries are never picked up.
 _WRAPPER_VERSION = "2"

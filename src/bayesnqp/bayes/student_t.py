@@ -12,9 +12,7 @@ test holds the two and their gradients to 1e-12); posterior predictive draws are
 
 from __future__ import annotations
 
-import hashlib
 import math
-from pathlib import Path
 from typing import Any
 
 import numba
@@ -27,6 +25,8 @@ from pytensor.link.numba.dispatch.scalar import scalar_op_cache_key
 from pytensor.scalar.basic import upgrade_to_float
 from pytensor.scalar.math import GammaLn, Psi
 from pytensor.tensor.elemwise import Elemwise
+
+from .nutpie_disk_cache import source_salt
 
 
 @numba.njit(cache=True)
@@ -58,7 +58,7 @@ class CachedGammaLn(GammaLn):
         return [gz * _cached_psi_scalar(x)]
 
 
-_SOURCE_VERSION = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+_KERNEL_VERSION = source_salt(__file__)  # an edited digamma is compiled again
 _cached_psi_scalar = CachedPsi(upgrade_to_float, name="cached_psi")
 cached_gammaln = Elemwise(CachedGammaLn(upgrade_to_float, name="cached_gammaln"))
 
@@ -69,9 +69,7 @@ def _numba_cached_psi(op, node, **kwargs):
     def cached_psi(x):
         return digamma(x)
 
-    # salted with this module's source, as errors.py's kernels: numba does not check that a callee linked
-    # into a cached function is fresh, so an edited digamma must change the key
-    return cached_psi, scalar_op_cache_key(op, cache_version=_SOURCE_VERSION)
+    return cached_psi, scalar_op_cache_key(op, cache_version=_KERNEL_VERSION)
 
 
 def student_t_logp(value: Any, mu: Any, sigma: Any, nu: Any) -> Any:
