@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+
 def source_salt(module_file: str) -> int:
     """A cache-key salt that changes whenever a module's source does. numba does not check that a callee
     linked into a cached function is fresh, so the package's own numba kernels salt PyTensor's cache key

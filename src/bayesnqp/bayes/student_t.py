@@ -33,8 +33,13 @@ from .nutpie_disk_cache import source_salt
 def digamma(x: float) -> float:
     """The digamma function for x > 0: recurrence up to x >= 10, then the asymptotic series through
     x^-14 (the next term is below 1e-16 there)."""
-    if not x > 0.0 or x == np.inf:  # nan, x <= 0 (nu underflowed) and inf: no recurrence to run
-        return np.nan if not x >= 0.0 else (-np.inf if x == 0.0 else np.inf)
+    # no recurrence to run at the edges: nan and x < 0 (outside the domain), 0 (nu underflowed), inf
+    if np.isnan(x) or x < 0.0:
+        return np.nan
+    if x == 0.0:
+        return -np.inf
+    if x == np.inf:
+        return np.inf
     result = 0.0
     while x < 10.0:
         result -= 1.0 / x
