@@ -118,8 +118,10 @@ def test_province_slopes_forest_plot():
 
 
 def test_slope_parameterisation_follows_the_heterogeneity():
-    """Heterogeneous informative group slopes -> group mean integrated out; identical slopes -> the
-    non-centred form (group_sd sits at zero there)."""
+    """Heterogeneous informative group slopes -> group mean integrated out; many look-alike groups under
+    a HalfNormal prior (group_sd's posterior piles near zero) -> the non-centred form."""
+    from bayesnqp.bayes.panel_data import group_sd_posterior_above
+
     frame, _ = simulated_groups(slopes=(0.01, 0.03))
     spec = load_spec("bayes_groups")
     pdata = panel.panel_data(frame, spec.outcome, spec.expand_terms(CONTROLS))
@@ -127,10 +129,14 @@ def test_slope_parameterisation_follows_the_heterogeneity():
     free = {v.name for v in panel.build_panel_model(pdata, spec, slope_groups=split).free_RVs}
     assert "group_mean_std" not in free and "beta_group_std" in free
     same, _ = simulate.simulate_panel(60, 8, seed=6)
+    spec = load_spec("bayes_province_slopes")
     pdata = panel.panel_data(same, spec.outcome, spec.expand_terms(CONTROLS))
-    provinces = pd.Series([f"P{i % 6}" for i in range(60)], index=same.index.get_level_values("city").unique())
+    provinces = pd.Series([f"P{i % 20}" for i in range(60)], index=same.index.get_level_values("city").unique())
     free = {v.name for v in panel.build_panel_model(pdata, spec, slope_groups=provinces).free_RVs}
     assert {"group_mean_std", "group_z"} <= free
+    # and not by a hair: twenty slopes with equal SEs and no spread put little posterior mass above the SE
+    se2 = np.full(20, 0.05 ** 2)
+    assert group_sd_posterior_above(np.zeros(20), se2, {"dist": "halfnormal", "sigma": 0.5}, 1.0, 0.05 ** 2) < 0.3
 
 
 def test_province_labels_fall_back_when_the_font_lacks_glyphs():
@@ -197,3 +203,52 @@ def test_group_models_read_errors_by_loo():
     assert any("random city slopes dropped" in note for note in res.notes)
     assert res.diagnostics.ok, res.diagnostics.flags
     assert panel.hdi_contains(res.idata, "beta_group", np.array([0.5, 1.5])).all()
+
+
+def test_two_halves_sharing_one_slope_on_many_cities_keep_the_slopes_as_parameters():
+    """The county-size failure: two median-split halves with one common slope that 1,500 cities pin down.
+    group_sd's Gamma prior keeps it off zero, far above the slopes' SEs, so the non-centred form would
+    leave a thin curved ridge (322 divergences at 2,850 regions); the rule picks the marginal form."""
+    frame, _ = simulate.simulate_panel(1500, 8, seed=3)
+    spec = load_spec("bayes_groups")
+    pdata = panel.panel_data(frame, spec.outcome, spec.expand_terms(CONTROLS))
+    cities = frame.index.get_level_values("city").unique()
+    halves = pd.Series(np.where(np.arange(len(cities)) % 2 == 0, "low", "high"), index=cities)
+    free = {v.name for v in panel.build_panel_model(pdata, spec, slope_groups=halves).free_RVs}
+    assert "group_mean_std" not in free and "beta_group_std" in free
+
+
+@pytest.mark.parametrize("prior_sd,se,thresholds", [
+    ({"dist": "gamma", "alpha": 2.0, "beta": 10.0}, 0.03, (0.02, 0.05, 0.1)),
+    ({"dist": "halfnormal", "sigma": 0.5}, 0.03, (0.02, 0.05, 0.1)),
+    ({"dist": "halfnormal", "sigma": 100.0}, 3.0, (3.0, 10.0))])
+def test_group_sd_posterior_matches_quadrature(prior_sd, se, thresholds):
+    """The grid posterior of group_sd against adaptive quadrature of the same unnormalised density; the
+    wide prior with large SEs puts posterior mass far above the slopes (the grid must reach it)."""
+    from scipy import integrate, stats
+
+    from bayesnqp.bayes.panel_data import group_sd_posterior_above
+
+    b, se2 = np.array([0.10, 0.14, 0.05]), (se * np.array([1.0, 2.0 / 3.0, 5.0 / 3.0])) ** 2
+
+    def density(g: float) -> float:
+        cov = np.diag(se2) + g ** 2 * np.eye(3) + 1.0 * np.ones((3, 3))
+        like = stats.multivariate_normal(np.zeros(3), cov).pdf(b)
+        if prior_sd["dist"] == "gamma":
+            return like * stats.gamma(prior_sd["alpha"], scale=1 / prior_sd["beta"]).pdf(g)
+        return like * stats.halfnorm(scale=prior_sd["sigma"]).pdf(g)
+
+    for threshold in thresholds:
+        above = integrate.quad(density, threshold, np.inf, limit=400)[0]
+        below = integrate.quad(density, 0.0, threshold, limit=400)[0]
+        grid = group_sd_posterior_above(b, se2, prior_sd, 1.0, threshold ** 2)
+        assert grid == pytest.approx(above / (above + below), abs=2e-3)
+
+
+def test_group_sd_posterior_survives_slopes_pinned_far_below_the_group_mean_scale():
+    """SEs of 1e-8 against a group-mean prior sd of 1 (a dense solve would be singular there)."""
+    from bayesnqp.bayes.panel_data import group_sd_posterior_above
+
+    p = group_sd_posterior_above(np.array([0.3, 0.3]), np.full(2, 1e-16), {"dist": "gamma", "alpha": 2.0,
+                                                                          "beta": 10.0}, 1.0, 1e-16)
+    assert 0.99 < p <= 1.0

@@ -314,7 +314,7 @@ def _group_slopes(pdata: PanelData, spec: ModelSpec, form: PanelForm, design: Pa
     if slope_form == "auto":
         common_idx = [list(pdata.terms).index(t) for t in design.common]
         slope_form = choose_slope_param(pdata, form.likelihood, design.Zx, common_idx, design.k_slope,
-                                        design.g_of_city)
+                                        design.g_of_city, p_sd, s_mean)
     gm = None
     if slope_form == "marginal":
         n_groups = len(design.coords[group_dim])
