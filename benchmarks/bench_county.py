@@ -6,7 +6,7 @@ the numba backend (what nutpie samples), time repeated evaluations at the initia
 process's peak memory. The goal of the scale issue is at most 12x the cost for 10x the regions.
 
 Families: column (4) iid (two-way, city effects integrated out), SAR and SDM (log-determinant from the
-eigenvalues of W, effects outside the gradient), BYM2 (the exact spectral form up to 3,000 regions) and
+eigenvalues of W, effects outside the gradient), BYM2 (city effects integrated out, up to 3,000 regions) and
 Leroux. Sampling time is not measured here: it is cost per gradient x gradients per draw, and the
 second factor depends on the posterior, not the panel size.
 

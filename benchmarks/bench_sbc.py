@@ -13,11 +13,17 @@ when the posterior is not shifted against the prior draw).
   proper prior on the standardised scale; only the outcome is swapped between simulations (with_data).
   Data are drawn by the model's own random function (city effects at 0: the density is that of the
   within-city contrasts, which the flat-prior city effects do not change).
-* ``bym2``: ``bayes_car`` (the centred spectral BYM2 form, ZeroSumNormal year effects, hierarchical year
-  sd) on a rook lattice. Its builder passes the observed outcome as a constant; here it is swapped for a
-  data variable after the build, so one compiled model serves every simulation.
+* ``bym2``: ``bayes_car`` in the centred spectral BYM2 form (``parametrisation = "centred"``, ZeroSumNormal
+  year effects, hierarchical year sd) on a rook lattice. Its builder passes the observed outcome as a
+  constant; here it is swapped for a data variable after the build, so one compiled model serves every
+  simulation.
+* ``bym2_integrated``: the default BYM2 form (city effects integrated out of the likelihood, drawn
+  afterwards from their exact conditional) fitted to data simulated by the centred model above, so the
+  check covers the integrated likelihood and the conditional draws of the city level together (one
+  compiled model; the rotated outcome is swapped in with ``with_data``).
 
-Run by hand (not in CI):  PYTHONPATH=src python benchmarks/bench_sbc.py [--sims 150] [--models honest bym2]
+Run by hand (not in CI):  PYTHONPATH=src python benchmarks/bench_sbc.py [--sims 150]
+[--models honest bym2 bym2_integrated]
 Writes benchmarks/results/sbc.json and benchmarks/results/sbc.png.
 """
 
@@ -78,11 +84,9 @@ def lattice(rows: int, cols: int):
     return SpatialWeights.from_pairs(ids, pairs)
 
 
-def bym2_model(rows: int, cols: int, n_year: int, seed: int):
-    import pymc as pm
-
+def bym2_template(rows: int, cols: int, n_year: int, seed: int, parametrisation: str):
+    """The lattice, a template panel (standard-Normal columns) and the bayes_car spec in one form."""
     from bayesnqp import names
-    from bayesnqp.bayes import car
     from bayesnqp.bayes.spec import load_spec
 
     weights = lattice(rows, cols)
@@ -94,6 +98,16 @@ def bym2_model(rows: int, cols: int, n_year: int, seed: int):
                           names.AGGLOMERATION: rng.standard_normal(n * n_year),
                           "develop": rng.standard_normal(n * n_year)}, index=index)
     spec = load_spec("bayes_car")
+    return weights, frame, spec.replace(options={**spec.options, "parametrisation": parametrisation})
+
+
+def bym2_model(rows: int, cols: int, n_year: int, seed: int):
+    import pymc as pm
+
+    from bayesnqp import names
+    from bayesnqp.bayes import car
+
+    weights, frame, spec = bym2_template(rows, cols, n_year, seed, "centred")
     model = car.build_car_model(frame, ("develop",), weights, spec, kind="bym2")
     # the builder observes a constant; make it a data variable so one compilation serves every draw
     obs = model[spec.outcome]
@@ -111,10 +125,59 @@ def bym2_model(rows: int, cols: int, n_year: int, seed: int):
     return model, spec.outcome, "y_sbc", params, spec
 
 
+def run_integrated_bym2_sbc(sims: int, seed: int) -> dict[str, Any]:
+    """SBC of the integrated BYM2: data from the centred model's prior predictive, fits of the integrated
+    model, ranks of the generating parameters and of city 0's level c_0 = alpha + xbar_0 beta + b_0."""
+    import nutpie
+    import pymc as pm
+
+    from bayesnqp.bayes import car
+
+    generator, obs_name, _, params, spec = bym2_model(5, 5, 4, seed)
+    prior = pm.sample_prior_predictive(draws=sims, model=generator, random_seed=seed)
+    y_draws = prior.prior_predictive[obs_name].values[0]
+    weights, frame, spec = bym2_template(5, 5, 4, seed, "integrated")
+    basis = car.bym2_basis(weights, car.bym2_scaling_factors(weights))
+    model = car.build_car_model(frame, ("develop",), weights, spec, kind="bym2", basis=basis)
+    _, xs, _, _ = car.standardised_panel(frame, ("develop",), weights, spec)  # the template's, as the generator's
+    xbar = xs.mean(axis=1)
+    compiled = nutpie.compile_pymc_model(model)
+    target_accept = float(spec.sampler.get("target_accept", 0.9))
+    ranks: dict[str, list[int]] = {p: [] for p in params}
+    fits = []
+    t0 = time.perf_counter()
+    for k in range(sims):
+        t1 = time.perf_counter()
+        rotated = car.IntegratedBym2Data.rotate(y_draws[k], xs, basis)
+        fit = nutpie.sample(compiled.with_data(y_within=rotated.y_within, y_between=rotated.y_between),
+                            draws=DRAWS, tune=TUNE, chains=CHAINS, cores=1, seed=seed + k, progress_bar=False,
+                            target_accept=target_accept)
+        car.draw_integrated_city_effects(fit, y_draws[k], xs, basis, 1.0, spec.outcome, list(weights.ids),
+                                         seed=seed + k)
+        post, stats = fit.posterior, fit.sample_stats
+        level0 = post["alpha"].values + post["beta_std"].values @ xbar[0]
+        for label, (var, i) in params.items():
+            truth = prior.prior[var].values[0, k]
+            if var == "city_level_std":
+                draws = level0 + post["city_effect"].values[..., 0]
+            else:
+                draws = post[var].values
+            if i is not None:
+                truth = truth.reshape(-1)[i]
+                if var != "city_level_std":
+                    draws = draws.reshape(CHAINS, DRAWS, -1)[..., i]
+            ranks[label].append(_ranks(float(truth), draws))
+        fits.append(_fit_record(stats, time.perf_counter() - t1))
+    return _run_record(f"{spec.id} (integrated)", "5 x 5 rook lattice (25 regions) x 4 years, simulated by the "
+                       "centred model", sims, target_accept, time.perf_counter() - t0, ranks, fits)
+
+
 def run_sbc(which: str, sims: int, seed: int) -> dict[str, Any]:
     import nutpie
     import pymc as pm
 
+    if which == "bym2_integrated":
+        return run_integrated_bym2_sbc(sims, seed)
     if which == "honest":
         model, obs_name, data_name, params, spec = honest_model(30, 6, seed)
         panel_text = "30 cities x 6 years (template: calibration_panel ar1_scales)"
@@ -140,11 +203,20 @@ def run_sbc(which: str, sims: int, seed: int) -> dict[str, Any]:
             if i is not None:
                 truth, draws = truth.reshape(-1)[i], draws.reshape(CHAINS, DRAWS, -1)[..., i]
             ranks[label].append(_ranks(float(truth), draws))
-        fits.append({"seconds": time.perf_counter() - t1, "divergences": int(stats["diverging"].sum()),
-                     "step_size": float(stats["step_size"].mean()), "leapfrog_steps": float(stats["n_steps"].mean())})
-    return {"model": spec.id, "panel": panel_text, "simulations": sims, "posterior_draws": f"{CHAINS} x {DRAWS}",
+        fits.append(_fit_record(stats, time.perf_counter() - t1))
+    return _run_record(spec.id, panel_text, sims, target_accept, time.perf_counter() - t0, ranks, fits)
+
+
+def _fit_record(stats: Any, seconds: float) -> dict[str, Any]:
+    return {"seconds": seconds, "divergences": int(stats["diverging"].sum()),
+            "step_size": float(stats["step_size"].mean()), "leapfrog_steps": float(stats["n_steps"].mean())}
+
+
+def _run_record(model: str, panel: str, sims: int, target_accept: float, seconds: float,
+                ranks: dict[str, list[int]], fits: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"model": model, "panel": panel, "simulations": sims, "posterior_draws": f"{CHAINS} x {DRAWS}",
             "tune": TUNE, "target_accept": target_accept, "thinned_draws": L, "bins": BINS,
-            "seconds": time.perf_counter() - t0, "ranks": ranks,
+            "seconds": seconds, "ranks": ranks,
             "fits": {"share_with_divergences": float(np.mean([f["divergences"] > 0 for f in fits])),
                      "mean_seconds": float(np.mean([f["seconds"] for f in fits])),
                      "mean_step_size": float(np.mean([f["step_size"] for f in fits])),
@@ -193,7 +265,7 @@ def figure(results: dict[str, Any], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sims", type=int, default=150)
-    parser.add_argument("--models", nargs="*", default=["honest", "bym2"])
+    parser.add_argument("--models", nargs="*", default=["honest", "bym2", "bym2_integrated"])
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--out", type=Path, default=RESULTS / "sbc.json")
     args = parser.parse_args()

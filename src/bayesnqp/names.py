@@ -22,6 +22,8 @@ MUNDLAK = "mundlak"  # panel: the Mundlak city means of the regressors
 GROUP = "group"  # median-split groups (low, high)
 VARIABLE = "variable"  # mediation: the observed variables (indicators and outcome)
 VARIABLE_BIS = "variable_"  # mediation: the second axis of their cross-product matrix
+YEAR_CONTRAST = "year_contrast"  # integrated BYM2: a city's years in orthonormal within contrasts
+BYM2_EIGENVECTOR = "bym2_eigenvector"  # integrated BYM2: the city means in the graph's eigenbasis
 
 # Outcome and treatment, as in the paper.
 NQP = "nqp"
@@ -91,4 +93,4 @@ SYNTHETIC_BANNER = "SYNTHETIC DEMO DATA"
 # Every dimension name a model may give its variables (dims= and coords of the PyMC builders); a test
 # holds the builders to it. The province slopes model uses PROVINCE as its group dimension.
 DIMS: tuple[str, ...] = (CITY, YEAR, COEF, MECHANISM, INDICATOR, OBS, EQUATION, EQUATION_BIS, FIRST_COEF, CONTROL,
-                         MUNDLAK, GROUP, PROVINCE, VARIABLE, VARIABLE_BIS)
+                         MUNDLAK, GROUP, PROVINCE, VARIABLE, VARIABLE_BIS, YEAR_CONTRAST, BYM2_EIGENVECTOR)

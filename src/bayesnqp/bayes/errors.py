@@ -64,9 +64,11 @@ IID_ONLY_NOTES: dict[str, str] = {
                   "indicators, which a per-city error covariance would replace. The Table 4 SEs beside it "
                   "are clustered by city."),
     "car": ("Errors are iid across city-years given the spatial city effects: the CAR models do not take "
-            "column (4)'s error options. Their city effects are sampled (the spatial prior ties the cities "
-            "together, so they cannot be integrated out one city at a time), and AR(1) errors would make the "
-            "pointwise log-likelihood terms stop being per city-year, the currency of the CAR-vs-SDM LOO."),
+            "column (4)'s error options. Their city effects are sampled, or for BYM2 integrated out jointly "
+            "in the graph's eigenbasis, which needs iid errors (the spatial prior ties the cities together, so "
+            "they cannot be integrated out one city at a time as column (4)'s are), and AR(1) errors would "
+            "make the pointwise log-likelihood terms stop being per city-year, the currency of the CAR-vs-SDM "
+            "LOO."),
     "province": ("Errors are iid across city-years: this province-slope model does not carry column (4)'s "
                  "error options. With them the demo's province model mixed too slowly (minimum bulk ESS 173 "
                  "of 4,000 draws with all three, 228 with AR(1) and city scales; a province of one city has a "

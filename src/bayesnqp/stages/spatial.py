@@ -117,7 +117,7 @@ def stage_spatial_bayes(ctx: RunContext) -> None:
         if result.id == "bayes_car" and maps and "city_effects" in result.tables:
             t = result.tables["city_effects"]
             report.figure(sec, "map_car_city_effects",
-                          map_pair(t["mean"], t["ci_width"], "BYM2 city effects (standardised scale)",
+                          map_pair(t["mean"], t["ci_width"], "BYM2 city effects (outcome units)",
                                    "city effect", effect=True),
                           "Spatial city effects: posterior mean (left) and 94% interval width (right)")
     # the checks below label each model by its member of the family ("car", "leroux", "sdm", ...)
