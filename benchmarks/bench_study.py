@@ -116,20 +116,23 @@ def main() -> None:
                 print(f"{panel} / {mode} ...", file=sys.stderr, flush=True)
                 record = one_run(base + extra, env, out)
                 record["measured"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                record["invocation"] = results["started"]  # ratios pair only runs of one invocation
                 results["runs"][f"{panel}/{mode}"] = record
                 print(f"  {record['wall_seconds']} s (exit {record['exit_code']})", file=sys.stderr, flush=True)
                 RESULTS.write_text(json.dumps(results, indent=2) + "\n")
         runs = results["runs"]
         ratios = {}
         for panel in ("demo", "small"):
-            cold, warm, ref = (runs.get(f"{panel}/{m}", {}).get("wall_seconds") for m in ("cold", "warm", "pymc"))
-            if cold and warm:
-                ratios[f"{panel}: cold / warm"] = round(cold / warm, 2)
-            if ref and warm:
-                ratios[f"{panel}: pm.sample / nutpie (warm)"] = round(ref / warm, 2)
+            # side by side only: a record kept from an earlier invocation measured another version
+            same = {m: runs[f"{panel}/{m}"]["wall_seconds"] for m in ("cold", "warm", "pymc")
+                    if runs.get(f"{panel}/{m}", {}).get("invocation") == results["started"]}
+            if "cold" in same and "warm" in same:
+                ratios[f"{panel}: cold / warm"] = round(same["cold"] / same["warm"], 2)
+            if "pymc" in same and "warm" in same:
+                ratios[f"{panel}: pm.sample / nutpie (warm)"] = round(same["pymc"] / same["warm"], 2)
         results["ratios"] = ratios
-        results["complete"] = all(f"{p}/{m}" in runs for p in ("demo", "small")
-                                  for m in ("cold", "warm", "quick", "pymc"))
+        results["complete"] = all(runs.get(f"{p}/{m}", {}).get("invocation") == results["started"]
+                                  for p in ("demo", "small") for m in ("cold", "warm", "quick", "pymc"))
         RESULTS.write_text(json.dumps(results, indent=2) + "\n")
 
 
