@@ -10,7 +10,8 @@ Runs (each a separate ``bayesnqp run`` process, so nothing is shared in memory):
 * ``pymc``: the same Bayesian models through PyMC's default ``pm.sample`` (``--sampler pymc``) on the warm
   caches, the reference ratio.
 
-Stage times come from each run's ``run.json`` (``stage_seconds``). Results are written after every run to
+Stage times come from each run's ``run.json`` (``stage_seconds``). ``cache_files_added`` counts the files a
+run added to the cache folders: a warm or quick run that adds any compiled a model structure again. Results are written after every run to
 ``benchmarks/results/study.json``, so a long run that is stopped keeps what it measured; runs of an
 earlier invocation that this one does not repeat are kept (each record says when it was measured).
 
@@ -66,6 +67,10 @@ def small_panel(folder: Path) -> list[str]:
     return ["--data", str(path)]
 
 
+def cache_files(root: Path) -> int:
+    return sum(1 for p in root.rglob("*") if p.is_file()) if root.exists() else 0
+
+
 def one_run(args: list[str], env: dict[str, str], out: Path) -> dict[str, Any]:
     command = [sys.executable, "-m", "bayesnqp", "run", *args, "--out", str(out)]
     began = time.perf_counter()
@@ -114,7 +119,9 @@ def main() -> None:
                 extra = {"cold": [], "warm": [], "quick": ["--quick"], "pymc": ["--sampler", "pymc"]}[mode]
                 out = tmp_path / f"out_{panel}_{mode}"
                 print(f"{panel} / {mode} ...", file=sys.stderr, flush=True)
+                files_before = cache_files(caches)
                 record = one_run(base + extra, env, out)
+                record["cache_files_added"] = cache_files(caches) - files_before
                 record["measured"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
                 record["invocation"] = results["started"]  # ratios pair only runs of one invocation
                 results["runs"][f"{panel}/{mode}"] = record

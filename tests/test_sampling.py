@@ -287,3 +287,51 @@ def test_disk_cached_wrappers_step_aside_when_they_cannot_be_cached(monkeypatch)
     with pytest.warns(RuntimeWarning, match="could not be cached"):
         idata = sample(linear_model(x, 2 * x), SamplerSettings(draws=100, tune=100, chains=1), cache_key="fallback")
     assert idata.posterior["b"].shape == (1, 100)
+
+
+def test_broadcast_checks_compare_lengths_in_the_order_given():
+    """PyTensor's broadcast check of a dimension that several arrays share compares its symbolic lengths
+    in the order of a set of Variables (hashed by id), so the same model gave a different graph, and a
+    different compile-cache key, from one process to the next. With the package imported the lengths keep
+    the order the arrays were given in: over 30 fresh triples the first is always the one compared against
+    (the set's order got it right 13 times of 30), and the others follow in order."""
+    import pytensor
+    import pytensor.scalar as ps
+    from pytensor.tensor import extra_ops
+
+    import bayesnqp.bayes  # noqa: F401 - installs the ordered checks
+    from bayesnqp.bayes.nutpie_disk_cache import order_broadcast_checks
+
+    assert order_broadcast_checks()  # in place, and a second call is a no-op
+    for k in range(30):
+        lengths = [ps.int64(f"{name}{k}") for name in "abc"]
+        (dim,) = extra_ops.broadcast_shape_iter([(v,) for v in lengths], arrays_are_shapes=True)
+        first, condition = dim.owner.inputs
+        assert first is lengths[0]
+        # the condition is all([eq(a, b), eq(a, c)]): its comparisons name b, then c
+        compared = [v for v in pytensor_ancestors(condition) if v in lengths[1:]]
+        assert compared == lengths[1:]
+    # the ordered version gives the same checks: a mismatch still raises, a match passes
+    a, b = ps.int64("a"), ps.int64("b")
+    (dim,) = extra_ops.broadcast_shape_iter([(a,), (b,)], arrays_are_shapes=True)
+    check = pytensor.function([a, b], dim, mode="FAST_COMPILE")
+    assert check(4, 4) == 4
+    with pytest.raises(AssertionError, match="Could not broadcast"):
+        check(4, 5)
+
+
+def pytensor_ancestors(variable):
+    """The graph's variables from the inputs up, in a deterministic (depth-first, inputs in order) walk."""
+    seen, order = set(), []
+
+    def walk(v):
+        if id(v) in seen:
+            return
+        seen.add(id(v))
+        if v.owner is not None:
+            for inp in v.owner.inputs:
+                walk(inp)
+        order.append(v)
+
+    walk(variable)
+    return order

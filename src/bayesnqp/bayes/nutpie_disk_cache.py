@@ -38,6 +38,42 @@ def source_salt(module_file: str) -> int:
     return int(hashlib.sha256(Path(module_file).read_bytes()).hexdigest()[:15], 16)
 
 
+def order_broadcast_checks() -> bool:
+    """Make PyTensor's broadcast checks come out the same in every process, so a graph's cache key does.
+
+    ``pytensor.tensor.extra_ops.broadcast_shape_iter`` (2.38) gathers the symbolic lengths of a dimension
+    that two or more arrays share in a ``set`` of Variables, which hash by id, and builds its runtime check
+    as ``all(eq(first, other) ...)`` in that set's order. So which length comes first changed with the
+    memory layout of the process: the same model gave a different graph, hence a different numba cache key,
+    in one process out of two (the likelihood comparison's Normal model: 4 keys in 4 processes), and a
+    warm run compiled it again. This replaces the set by an insertion-ordered one, which keeps the order
+    the arrays were given in; the checks compare the same lengths, so results do not change. The source
+    is patched only where the line is found verbatim: an upstream version that changed it is left alone.
+    Returns whether the ordered version is in place."""
+    import inspect
+
+    from pytensor.misc.ordered_set import OrderedSet
+    from pytensor.tensor import extra_ops
+
+    current = extra_ops.broadcast_shape_iter
+    if getattr(current, "_ordered_broadcast_checks", False):
+        return True
+    try:
+        source = inspect.getsource(current)
+    except (OSError, TypeError):
+        return False
+    unordered = "nonconst_nb_shapes: set[int] = set()"
+    if source.count(unordered) != 1:
+        return False
+    namespace = {**vars(extra_ops), "OrderedSet": OrderedSet}
+    exec(compile(source.replace(unordered, "nonconst_nb_shapes = OrderedSet()"),  # noqa: S102 - upstream source
+                 inspect.getsourcefile(current) or "<broadcast_shape_iter>", "exec"), namespace)
+    ordered = namespace["broadcast_shape_iter"]
+    ordered._ordered_broadcast_checks = True
+    extra_ops.broadcast_shape_iter = ordered
+    return True
+
+
 # Bump when the generated wrappers change, so old cache entries are never picked up.
 _WRAPPER_VERSION = "2"
 
