@@ -10,8 +10,9 @@ Runs (each a separate ``bayesnqp run`` process, so nothing is shared in memory):
 * ``pymc``: the same Bayesian models through PyMC's default ``pm.sample`` (``--sampler pymc``) on the warm
   caches, the reference ratio.
 
-Stage times come from each run's ``run.json`` (``stage_seconds``). ``cache_files_added`` counts the files a
-run added to the cache folders: a warm or quick run that adds any compiled a model structure again. Results are written after every run to
+Stage times come from each run's ``run.json`` (``stage_seconds``). ``cache_files_added`` is the net number of
+files a run added to the cache folders: a warm or quick run that adds any compiled a model structure
+again (the ``pymc`` mode compiles PyMC's C backend, so it adds files legitimately). Results are written after every run to
 ``benchmarks/results/study.json``, so a long run that is stopped keeps what it measured; runs of an
 earlier invocation that this one does not repeat are kept (each record says when it was measured).
 

@@ -43,13 +43,13 @@ def order_broadcast_checks() -> bool:
 
     ``pytensor.tensor.extra_ops.broadcast_shape_iter`` (2.38) gathers the symbolic lengths of a dimension
     that two or more arrays share in a ``set`` of Variables, which hash by id, and builds its runtime check
-    as ``all(eq(first, other) ...)`` in that set's order. So which length comes first changed with the
-    memory layout of the process: the same model gave a different graph, hence a different numba cache key,
-    in one process out of two (the likelihood comparison's Normal model: 4 keys in 4 processes), and a
-    warm run compiled it again. This replaces the set by an insertion-ordered one, which keeps the order
-    the arrays were given in; the checks compare the same lengths, so results do not change. The source
-    is patched only where the line is found verbatim: an upstream version that changed it is left alone.
-    Returns whether the ordered version is in place."""
+    as ``all(eq(first, other) ...)`` in that set's order. So which length came first changed with the
+    memory layout of the process: the same model gave a different graph, hence a different numba cache
+    key, from one process to the next (the likelihood comparison's Normal model: 4 keys in 4 processes),
+    and a warm run compiled it again. This replaces the set by an insertion-ordered one (each distinct
+    length where it first appears); the checks compare the same lengths, so results do not change. The
+    source is patched only where the line is found verbatim: an upstream version that changed it is left
+    alone. Returns whether the ordered version is in place."""
     import inspect
 
     from pytensor.misc.ordered_set import OrderedSet
@@ -59,9 +59,10 @@ def order_broadcast_checks() -> bool:
     if getattr(current, "_ordered_broadcast_checks", False):
         return True
     try:
-        source = inspect.getsource(current)
+        lines, first_line = inspect.getsourcelines(current)
     except (OSError, TypeError):
         return False
+    source = "\n" * (first_line - 1) + "".join(lines)  # tracebacks keep upstream's line numbers
     unordered = "nonconst_nb_shapes: set[int] = set()"
     if source.count(unordered) != 1:
         return False
