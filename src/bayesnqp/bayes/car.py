@@ -23,7 +23,7 @@ Design choices (the reasons are in the comments next to the code):
     islands (singleton components get only the unstructured part, Freni-Sterrantino et al. 2018).
   - ``centred`` (spectral): u integrated out, b ~ N(0, sigma^2 (rho/s Q^+ + (1 - rho) I)) evaluated in the
     eigenbasis of the Laplacian (computed once): O(n^2) per evaluation, but with ten informative years per
-    city the non-centred form mixes rho and sigma badly (bulk ESS ~100 of 4000 draws on the 280-city graph)
+    city the non-centred form mixes rho and sigma badly (bulk ESS ~100-230 of 4000 draws on the 280-city graph)
     while the centred one reaches > 2000.
   Leroux: b centred with precision ((1 - rho) I + rho (D - A)) / sigma^2, quadratic form from the edge list
   and log-determinant from the eigenvalues of D - A (once).
