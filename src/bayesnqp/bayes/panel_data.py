@@ -117,8 +117,7 @@ def city_information(pdata: PanelData, likelihood: str = "normal") -> float:
 
 
 def choose_slope_param(pdata: PanelData, likelihood: str, Zx: np.ndarray, common_idx: list[int], k_slope: int,
-                       g_of_city: np.ndarray, group_sd_prior: dict | None = None,
-                       group_mean_sd: float = 1.0) -> str:
+                       g_of_city: np.ndarray, group_sd_prior: dict, group_mean_sd: float) -> str:
     """'marginal' when the data pin each group slope down more tightly than the groups spread,
     'noncentred' otherwise.
 
@@ -151,8 +150,7 @@ def choose_slope_param(pdata: PanelData, likelihood: str, Zx: np.ndarray, common
     b, se2 = coef[:n_groups], np.diag(cov)[:n_groups]
     if n_groups < 2 or not np.all(se2 > 0):
         return "noncentred"
-    prior_sd = group_sd_prior or {"dist": "halfnormal", "sigma": 0.5}
-    p_above = group_sd_posterior_above(b, se2, prior_sd, group_mean_sd, float(np.median(se2)))
+    p_above = group_sd_posterior_above(b, se2, group_sd_prior, group_mean_sd, float(np.median(se2)))
     return "marginal" if p_above > 0.5 else "noncentred"
 
 
